@@ -1,0 +1,672 @@
+"""GeNAdaPEFT: a torch.optim wrapper that sets a generalized-Newton learning rate per parameter
+group, accumulates each group's influence (APPI) and trains only a selected subset on request.
+
+DESIGN §3-§4 and §7; the paper's Algorithm 1 (arXiv 2505.12579) on top of GeN (Bu & Xu).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.optim import Optimizer
+
+from .fit import check_fit, fit_quadratic, newton_update, per_parameter_influence
+
+__all__ = ["GeNAdaPEFT"]
+
+Closure = Callable[[], Union[torch.Tensor, float]]
+
+# Note [The probe step]
+# ~~~~~~~~~~~~~~~~~~~~~
+# The inner optimizer steps exactly once per GeNAdaPEFT.step(), probe step or not, so its
+# moments and step counters advance as they would without us. On a probe step it steps with
+# lr = 1 for every param group; the inner update is linear in lr (w ← w − lr·d: SGD, Adam,
+# AdamW, RMSprop, ... but not Adagrad with lr_decay or Adafactor's relative step), so
+# d = w_t − w_unit is the update direction per unit lr, recovered to full precision. Then:
+#   1. L0 = closure() at w_t, and for each group k and scale s: L = closure() at
+#      w_t − s·spacing_k·η_k·d_k (only group k moved), with η_k the group's effective lr;
+#   2. fit (b, A) per group, accept or reject, move the Newton lr;
+#   3. w ← w_t − η_k(new)·d_k: exactly the inner update at the new lr.
+# Every write into a parameter is a copy_ from saved tensors or w_t − c·d from them; never an
+# add/sub round trip, so after step() the parameters are exactly the stepped values.
+
+# Note [Probes leave no trace]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# All forwards of one probe replay the same RNG state (so dropout draws one mask for all of
+# them and the loss line is not noise), and the RNG state is put back afterwards: step() leaves
+# the global CPU and CUDA generators where it found them. If the closure raises, the step is
+# completed at the pre-probe learning rates (what a non-probe step would have done), the fit of
+# that probe is dropped, and the error propagates.
+
+# Note [Curvature below the noise]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# A float32 loss is only known to ~1e-7 relative. At lr 1e-5 the curvature term ½η²A can be
+# below that, and a fit then returns a "curvature" made of rounding (APPI jumps by orders of
+# magnitude). The fit's standard errors use max(residual sigma, loss_rtol·|L|), and a fit is
+# rejected unless A > z·se(A). A group rejected for that reason probes 4× wider next time
+# (its ``spacing``, up to ``max_spacing``); a fit rejected for a low R² (probes too far for a
+# parabola) or accepted with a curvature far above the noise narrows it back (÷4 and ÷2, not
+# below 1). The spacing only moves the probe points; the learning rate follows the fit.
+
+
+class _RNGState:
+    """The global CPU and CUDA generator states, to replay and to put back."""
+
+    def __init__(self) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def _set_lr(group: dict, value: float) -> None:
+    lr = group["lr"]
+    group["lr"] = torch.as_tensor(value, dtype=lr.dtype, device=lr.device) if torch.is_tensor(lr) else value
+
+
+def _lr_value(group: dict) -> float:
+    lr = group["lr"]
+    return float(lr.item()) if torch.is_tensor(lr) else float(lr)
+
+
+def _loss_rtol(dtype: torch.dtype) -> float:
+    # A few ulps of the loss: summing thousands of per-token terms in float32 gives ~1e-7 relative
+    # jitter under tiny weight changes; 8 eps is a conservative rounding level.
+    return 8.0 * torch.finfo(dtype).eps
+
+
+class GeNAdaPEFT(Optimizer):
+    r"""Generalized-Newton learning rates and parameter influence per parameter group.
+
+    Wraps any optimizer whose update is linear in its learning rate and, every ``lazy`` steps,
+    probes each parameter group's loss along the inner update direction with a few forward
+    passes, fits :math:`\Delta L(\eta) = -\eta b + \tfrac12\eta^2 A`, and
+
+    .. code-block:: text
+
+        accept if b > 0, A > z·se(A), R² ≥ r2_min
+        PPI_k   = b² / (A · n_k);  APPI_k += PPI_k                      (paper eq. 14)
+        η*_k    = b / A
+        lr_k   ← smoothing·lr_k + (1 − smoothing)·clamp(η*_k, lr_k/max_change, lr_k·max_change)
+        w_k    ← w_k − lr_k · d_k                                       (d_k: inner update per unit lr)
+
+    The wrapper shares the inner optimizer's ``param_groups``, ``state`` and ``defaults``; each
+    inner param group is split by named group and carries ``adapeft_name`` and
+    ``adapeft_base_lr``. ``group["lr"]`` stays the user's (or the LR scheduler's): the effective
+    lr is ``newton_lr × group["lr"] / adapeft_base_lr``.
+
+    Args:
+        optimizer: the inner optimizer (e.g. ``torch.optim.AdamW``); its update must be linear in
+            ``lr``: SGD, Adam, AdamW, RMSprop, Adamax, NAdam, RAdam are; Adagrad with
+            ``lr_decay`` and Adafactor's relative step are not.
+        closure: callable that returns the loss of the current batch by a forward pass, without
+            calling ``backward()``; ``step(closure)`` overrides it for one step (default: None).
+        groups: mapping name → parameters, e.g. from :func:`group_parameters`; every parameter of
+            the optimizer in exactly one group. ``None``: one group per inner param group
+            (default: None).
+        lazy: probe every ``lazy`` steps, starting with the first; 0 turns probing off
+            (default: 8).
+        scales: probe points in units of a group's effective lr. ``(-2, -1, 1, 2)`` is the
+            paper's stencil (4K + 1 forwards for K groups, R² is informative); ``(-1, 1)`` the
+            symmetric 3-point stencil (2K + 1 forwards, exact on a parabola, so R² is 1 by
+            construction and only the noise test guards it) (default: (-2, -1, 1, 2)).
+        r2_min: minimum R² of an accepted fit (default: 0.99).
+        smoothing: weight of the old lr in the Newton update, in [0, 1) (default: 0.9).
+        max_change: most a single probe may multiply or divide the lr by, ≥ 1 (default: 2.0).
+        z: standard errors the curvature must stand above zero (default: 3.0).
+        loss_rtol: relative rounding level of the loss; ``None``: 8 ulps of the closure's loss
+            dtype (float32: ~1e-6) (default: None).
+        max_spacing: most a group's probe points may be widened, as a multiple of its lr
+            (default: 1024.0).
+        budget: fraction of parameters for the automatic switch to masked mode, with
+            ``select_after`` and/or ``stable_probes`` (default: None).
+        select_after: switch to masked mode after this many steps (default: None).
+        stable_probes: switch once the APPI ranking has not changed for this many probe steps
+            (default: None).
+        select_method: ``"greedy"`` or ``"exact"`` for the automatic switch (default: "greedy").
+        freeze: how masked mode stops unselected groups: ``True`` sets ``requires_grad=False``
+            (backward skips them: PEFT cost); ``False`` keeps ``requires_grad`` and drops their
+            ``.grad`` before each step (needed under DDP, whose reducer must see the same
+            parameters every step) (default: True).
+
+    Example:
+        >>> groups = group_parameters(model)
+        >>> opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-4),
+        ...                  closure=lambda: model(**batch).loss, groups=groups)
+        >>> loss = model(**batch).loss; loss.backward(); opt.step(); opt.zero_grad()
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        closure: Optional[Closure] = None,
+        groups: Optional[Mapping[str, Iterable[torch.Tensor]]] = None,
+        *,
+        lazy: int = 8,
+        scales: Sequence[float] = (-2, -1, 1, 2),
+        r2_min: float = 0.99,
+        smoothing: float = 0.9,
+        max_change: float = 2.0,
+        z: float = 3.0,
+        loss_rtol: Optional[float] = None,
+        max_spacing: float = 1024.0,
+        budget: Optional[float] = None,
+        select_after: Optional[int] = None,
+        stable_probes: Optional[int] = None,
+        select_method: str = "greedy",
+        freeze: bool = True,
+    ) -> None:
+        if isinstance(optimizer, GeNAdaPEFT):
+            raise TypeError("optimizer is already a GeNAdaPEFT; wrap the inner optimizer once")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer (e.g. torch.optim.AdamW), got {type(optimizer).__name__}"
+            )
+        if closure is not None and not callable(closure):
+            raise TypeError(f"closure must be callable (e.g. lambda: model(**batch).loss), got {type(closure).__name__}")
+        if isinstance(lazy, bool) or not isinstance(lazy, int) or lazy < 0:
+            raise ValueError(f"Invalid lazy: {lazy!r}; use an int >= 0 (0 turns probing off)")
+        scales = self._check_scales(scales)
+        if not 0.0 <= r2_min <= 1.0:
+            raise ValueError(f"Invalid r2_min: {r2_min}; use a value in [0, 1]")
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"Invalid smoothing: {smoothing}; use a value in [0, 1)")
+        if not (math.isfinite(max_change) and max_change >= 1.0):
+            raise ValueError(f"Invalid max_change: {max_change}; use a finite value >= 1")
+        if not (math.isfinite(z) and z >= 0.0):
+            raise ValueError(f"Invalid z: {z}; use a finite value >= 0")
+        if loss_rtol is not None and not (math.isfinite(loss_rtol) and loss_rtol >= 0.0):
+            raise ValueError(f"Invalid loss_rtol: {loss_rtol}; use a finite value >= 0 or None")
+        if not (math.isfinite(max_spacing) and max_spacing >= 1.0):
+            raise ValueError(f"Invalid max_spacing: {max_spacing}; use a finite value >= 1")
+        if budget is not None and not (isinstance(budget, (int, float)) and 0.0 <= budget <= 1.0):
+            raise ValueError(f"Invalid budget: {budget!r}; use a fraction of parameters in [0, 1]")
+        if (select_after is not None or stable_probes is not None) and budget is None:
+            raise ValueError("select_after/stable_probes need budget= (the fraction of parameters to keep training)")
+        for key, value in (("select_after", select_after), ("stable_probes", stable_probes)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"Invalid {key}: {value!r}; use an int >= 1 or None")
+        if select_method not in ("greedy", "exact"):
+            raise ValueError(f"Invalid select_method: {select_method!r}; use 'greedy' or 'exact'")
+
+        # Optimizer.__init__ would rebuild param groups from scratch; we share the inner ones.
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self._patch_step_function()
+
+        self.optimizer = optimizer
+        self.closure = closure
+        self.lazy = lazy
+        self.scales = scales
+        self.r2_min = float(r2_min)
+        self.smoothing = float(smoothing)
+        self.max_change = float(max_change)
+        self.z = float(z)
+        self.loss_rtol = loss_rtol
+        self.max_spacing = float(max_spacing)
+        self.budget = budget
+        self.select_after = select_after
+        self.stable_probes = stable_probes
+        self.select_method = select_method
+        self.freeze = bool(freeze)
+
+        self._split_param_groups(groups)
+        names = list(dict.fromkeys(g["adapeft_name"] for g in self.param_groups))
+        # Per named group: lr factor (newton_lr / base_lr), probe spacing, APPI and counts.
+        self._stats: Dict[str, Dict[str, float]] = {
+            n: {"factor": 1.0, "spacing": 1.0, "appi": 0.0, "probes": 0, "accepted": 0} for n in names
+        }
+        self._step = 0
+        self.history: List[Dict[str, Any]] = []
+        self._mask: Optional[Tuple[str, ...]] = None
+        self.selection = None
+        self._ranking: Optional[Tuple[str, ...]] = None
+        self._stable_count = 0
+
+    # -- sharing the inner optimizer ------------------------------------------------------------
+    @property
+    def param_groups(self) -> List[dict]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: List[dict]) -> None:
+        self.optimizer.param_groups = value
+
+    @property
+    def state(self):  # type: ignore[override]
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value) -> None:
+        self.optimizer.state = value
+
+    @property
+    def defaults(self) -> Dict[str, Any]:  # type: ignore[override]
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: Dict[str, Any]) -> None:
+        self.optimizer.defaults = value
+
+    @staticmethod
+    def _check_scales(scales: Sequence[float]) -> Tuple[float, ...]:
+        try:
+            values = tuple(float(s) for s in scales)
+        except (TypeError, ValueError):
+            raise ValueError(f"Invalid scales: {scales!r}; use a sequence of numbers such as (-2, -1, 1, 2)") from None
+        if any(not math.isfinite(s) or s == 0.0 for s in values):
+            raise ValueError(f"Invalid scales: {scales!r}; every scale must be finite and non-zero (L0 is always measured)")
+        if len(set(values)) != len(values) or len(values) < 2:
+            raise ValueError(
+                f"Invalid scales: {scales!r}; need at least two distinct scales to fit b and A, e.g. (-1, 1) or (-2, -1, 1, 2)"
+            )
+        return values
+
+    def _split_param_groups(self, groups: Optional[Mapping[str, Iterable[torch.Tensor]]]) -> None:
+        inner_groups = self.optimizer.param_groups
+        if any("adapeft_name" in g for g in inner_groups):
+            raise ValueError("the optimizer's param groups already carry adapeft_name: it was wrapped before")
+        if groups is None:
+            groups = {str(g.get("name", f"group{i}")): g["params"] for i, g in enumerate(inner_groups)}
+        if not isinstance(groups, Mapping):
+            raise TypeError(f"groups must map a name to parameters (e.g. group_parameters(model)), got {type(groups).__name__}")
+        owner: Dict[int, str] = {}
+        for name, params in groups.items():
+            if not isinstance(name, str):
+                raise TypeError(f"group names must be str, got {name!r}")
+            params = [params] if torch.is_tensor(params) else list(params)
+            if not params:
+                raise ValueError(f"group {name!r} is empty; drop it from groups")
+            for i, p in enumerate(params):
+                if not torch.is_tensor(p):
+                    raise TypeError(f"group {name!r} item {i} is a {type(p).__name__}, not a parameter tensor")
+                if id(p) in owner:
+                    where = "twice" if owner[id(p)] == name else f"also in group {owner[id(p)]!r}"
+                    raise ValueError(
+                        f"parameter {i} of group {name!r} (shape {tuple(p.shape)}) is {where}; "
+                        "every parameter must be in exactly one group"
+                    )
+                owner[id(p)] = name
+        in_optimizer = {id(p) for g in inner_groups for p in g["params"]}
+        missing = [(n, i, p) for n, ps in groups.items() for i, p in enumerate(ps if not torch.is_tensor(ps) else [ps])
+                   if id(p) not in in_optimizer]
+        if missing:
+            n, i, p = missing[0]
+            raise ValueError(
+                f"parameter {i} of group {n!r} (shape {tuple(p.shape)}) is not in the optimizer "
+                f"({len(missing)} such); pass the same parameters to the optimizer and to groups"
+            )
+        ungrouped = [(j, i, p) for j, g in enumerate(inner_groups) for i, p in enumerate(g["params"]) if id(p) not in owner]
+        if ungrouped:
+            j, i, p = ungrouped[0]
+            raise ValueError(
+                f"parameter {i} of the optimizer's param group {j} (shape {tuple(p.shape)}) is in no group "
+                f"({len(ungrouped)} such); add it to a group, e.g. with group_parameters(model)"
+            )
+        order = list(groups.keys())
+        split = []
+        for g in inner_groups:
+            rest = {k: v for k, v in g.items() if k != "params"}
+            for name in order:
+                params = [p for p in g["params"] if owner[id(p)] == name]
+                if params:
+                    split.append({**rest, "params": params, "adapeft_name": name, "adapeft_base_lr": _lr_value(g)})
+        # In place: references to the list (an LR scheduler made later, Accelerate) stay valid.
+        inner_groups[:] = split
+
+    # -- public read-outs -----------------------------------------------------------------------
+    def _groups_of(self, name: str) -> List[dict]:
+        return [g for g in self.param_groups if g["adapeft_name"] == name]
+
+    @property
+    def names(self) -> List[str]:
+        """Group names, in order."""
+        return list(self._stats)
+
+    @property
+    def appi(self) -> Dict[str, float]:
+        """Accumulated per-parameter influence of each group (accepted probes only)."""
+        return {n: s["appi"] for n, s in self._stats.items()}
+
+    @property
+    def lrs(self) -> Dict[str, float]:
+        """Effective learning rate of each group now (that of its first param group)."""
+        return {n: s["factor"] * _lr_value(self._groups_of(n)[0]) for n, s in self._stats.items()}
+
+    @property
+    def newton_lrs(self) -> Dict[str, float]:
+        """Newton learning rate of each group, in units of the lr it was wrapped with."""
+        return {n: s["factor"] * self._groups_of(n)[0]["adapeft_base_lr"] for n, s in self._stats.items()}
+
+    @property
+    def numel(self) -> Dict[str, int]:
+        """Number of parameters in each group."""
+        return {n: sum(p.numel() for g in self._groups_of(n) for p in g["params"]) for n in self._stats}
+
+    @property
+    def masked(self) -> Optional[Tuple[str, ...]]:
+        """The selected group names in masked mode, else ``None``."""
+        return self._mask
+
+    # -- the step -------------------------------------------------------------------------------
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        raise RuntimeError(
+            "GeNAdaPEFT cannot take new param groups; add them to the inner optimizer before wrapping it"
+        )
+
+    def _active(self, name: str) -> bool:
+        return self._mask is None or name in self._mask
+
+    def _drop_masked_grads(self) -> None:
+        for g in self.param_groups:
+            if not self._active(g["adapeft_name"]):
+                for p in g["params"]:
+                    p.grad = None
+
+    def _inner_step(self, lrs: Sequence[float]) -> None:
+        saved = [g["lr"] for g in self.param_groups]
+        for g, lr in zip(self.param_groups, lrs):
+            _set_lr(g, lr)
+        try:
+            self.optimizer.step()
+        finally:
+            for g, lr in zip(self.param_groups, saved):
+                g["lr"] = lr
+
+    def _effective_lrs(self) -> List[float]:
+        return [self._stats[g["adapeft_name"]]["factor"] * _lr_value(g) for g in self.param_groups]
+
+    def step(self, closure: Optional[Closure] = None) -> Optional[torch.Tensor]:
+        """Perform one optimization step, probing the groups every ``lazy`` steps.
+
+        Args:
+            closure: overrides the constructor's closure for this step (default: None).
+
+        Returns:
+            On a probe step, the loss at the pre-step weights (from the probe's own forward);
+            otherwise ``None``: the closure is not called on other steps.
+        """
+        if closure is not None and not callable(closure):
+            raise TypeError(f"closure must be callable, got {type(closure).__name__}")
+        if self._mask is not None and not self.freeze:
+            self._drop_masked_grads()
+        probing = self.lazy > 0 and self._step % self.lazy == 0
+        loss = None
+        with torch.no_grad():
+            if probing:
+                closure = closure if closure is not None else self.closure
+                if closure is None:
+                    raise RuntimeError(
+                        f"step {self._step} is a probe step (lazy={self.lazy}) but no closure is available: pass "
+                        "closure= to GeNAdaPEFT, call step(closure), or use replay_closure(model) "
+                        "(adapeft_optim.integrations) to re-run the model's last forward"
+                    )
+                loss = self._probe_step(closure)
+            else:
+                self._inner_step(self._effective_lrs())
+        self._step += 1
+        self._maybe_switch(probed=probing)
+        return loss
+
+    def _evaluate(self, closure: Closure, rng: _RNGState, grads: List[torch.Tensor]) -> torch.Tensor:
+        rng.restore()
+        versions = [g._version for g in grads]
+        try:
+            out = closure()
+        except RuntimeError as err:
+            if "does not require grad" in str(err):
+                raise RuntimeError(
+                    "the closure called backward(): a GeNAdaPEFT closure only computes the loss by a forward "
+                    "pass (return model(**batch).loss); backward() belongs to the training loop"
+                ) from err
+            raise
+        if any(g._version != v for g, v in zip(grads, versions)):
+            raise RuntimeError(
+                "the closure changed the gradients (called backward()?): a GeNAdaPEFT closure only computes "
+                "the loss by a forward pass; backward() belongs to the training loop"
+            )
+        if torch.is_tensor(out):
+            if out.numel() != 1:
+                raise TypeError(
+                    f"the closure returned a tensor of shape {tuple(out.shape)}; it must return the scalar loss "
+                    "(e.g. reduce with .mean())"
+                )
+            return out.detach().reshape(())
+        if isinstance(out, (int, float)) and not isinstance(out, bool):
+            return torch.tensor(float(out), dtype=torch.float32)
+        raise TypeError(f"the closure returned {type(out).__name__}; it must return the loss as a scalar tensor or float")
+
+    def _probe_step(self, closure: Closure) -> torch.Tensor:
+        groups = self.param_groups
+        stepped = [[p for p in g["params"] if p.grad is not None] for g in groups]
+        flat = [p for ps in stepped for p in ps]
+        grads = [p.grad for p in flat]
+        old_lrs = self._effective_lrs()
+        saved = [p.detach().clone() for p in flat]  # w_t
+        self._inner_step([1.0] * len(groups))  # see Note [The probe step]
+        dirs = torch._foreach_sub(saved, [p.detach() for p in flat]) if flat else []
+        # Per param group slices into flat / saved / dirs.
+        bounds, start = [], 0
+        for ps in stepped:
+            bounds.append((start, start + len(ps)))
+            start += len(ps)
+        names = [n for n in self._stats if self._active(n)
+                 and any(b1 > b0 for g, (b0, b1) in zip(groups, bounds) if g["adapeft_name"] == n)]
+
+        def place(lrs: Sequence[float]) -> None:
+            # w ← w_t − lr·d for the given param groups' lrs (w_t itself where lr is 0).
+            for (b0, b1), lr in zip(bounds, lrs):
+                if b1 > b0:
+                    torch._foreach_copy_(flat[b0:b1], saved[b0:b1])
+                    if lr != 0.0:
+                        torch._foreach_add_(flat[b0:b1], dirs[b0:b1], alpha=-lr)
+
+        rng = _RNGState()
+        done = False
+        try:
+            place([0.0] * len(groups))
+            losses = [self._evaluate(closure, rng, grads)]
+            for name in names:
+                spacing = self._stats[name]["spacing"]
+                for s in self.scales:
+                    place([s * spacing * lr if g["adapeft_name"] == name else 0.0 for g, lr in zip(groups, old_lrs)])
+                    losses.append(self._evaluate(closure, rng, grads))
+            values = self._reduce(torch.stack([l.to(torch.float64) for l in losses]))
+            self._fit_groups(names, values, losses[0].dtype)
+            place(self._effective_lrs())
+            done = True
+        finally:
+            rng.restore()
+            if not done:
+                place(old_lrs)
+        return losses[0]
+
+    def _reduce(self, losses: torch.Tensor) -> np.ndarray:
+        """Mean of the probe losses over ranks, so every rank fits the same numbers (§4.9)."""
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            buf = losses.to(device)
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            losses = buf / dist.get_world_size()
+        return losses.cpu().numpy()
+
+    def _fit_groups(self, names: List[str], values: np.ndarray, loss_dtype: torch.dtype) -> None:
+        L0 = float(values[0])
+        rtol = self.loss_rtol if self.loss_rtol is not None else _loss_rtol(loss_dtype)
+        numel = self.numel
+        k = len(self.scales)
+        for i, name in enumerate(names):
+            st = self._stats[name]
+            spacing = st["spacing"]
+            ts = [s * spacing for s in self.scales]  # in units of the group's effective lr
+            Ls = values[1 + i * k: 1 + (i + 1) * k]
+            noise = rtol * float(np.max(np.abs(np.append(Ls, L0)))) if np.all(np.isfinite(Ls)) else 0.0
+            fit = fit_quadratic(ts, Ls - L0, noise=noise)
+            reason = check_fit(fit, self.r2_min, self.z) if math.isfinite(L0) else "non-finite loss"
+            lr_ref = self.lrs[name]
+            ppi = 0.0
+            st["probes"] += 1
+            if reason is None:
+                ppi = per_parameter_influence(fit.b, fit.A, numel[name])
+                st["appi"] += ppi
+                st["accepted"] += 1
+                st["factor"] = newton_update(st["factor"], st["factor"] * fit.b / fit.A, self.smoothing, self.max_change)
+                if fit.A > 16.0 * self.z * fit.se_A:
+                    st["spacing"] = max(spacing / 2.0, 1.0)
+            elif reason == "curvature below noise":
+                st["spacing"] = min(spacing * 4.0, self.max_spacing)
+            elif reason == "R2 below r2_min":
+                st["spacing"] = max(spacing / 4.0, 1.0)
+            # b, A per unit lr (d = update / lr), as DESIGN §2 writes them; PPI is scale-free.
+            self.history.append({
+                "step": self._step,
+                "group": name,
+                "b": fit.b / lr_ref if lr_ref else math.nan,
+                "A": fit.A / lr_ref ** 2 if lr_ref else math.nan,
+                "r2": fit.r2,
+                "ppi": ppi,
+                "newton_lr": st["factor"] * self._groups_of(name)[0]["adapeft_base_lr"],
+                "lr": self.lrs[name],
+                "accepted": reason is None,
+                "reason": reason,
+                "spacing": spacing,
+                "snr": fit.A / fit.se_A if fit.se_A > 0 else (math.inf if fit.A > 0 else 0.0),
+            })
+
+    # -- selection and masked mode --------------------------------------------------------------
+    def select(self, budget: float, method: str = "greedy"):
+        """Groups worth training under ``budget`` (a fraction of all parameters), from ``appi``.
+
+        Args:
+            budget: fraction of all parameters in [0, 1].
+            method: ``"greedy"`` (largest APPI-sorted prefix that fits) or ``"exact"`` (0-1
+                knapsack, paper eq. 4) (default: "greedy").
+
+        Returns:
+            A :class:`~adapeft_optim.selection.Selection`.
+        """
+        from .selection import select_groups
+
+        if not any(s["accepted"] for s in self._stats.values()):
+            raise RuntimeError(
+                "select() needs at least one accepted probe; run more steps (probes happen every "
+                f"lazy={self.lazy} steps) or check opt.history for why probes were rejected"
+            )
+        return select_groups(self.appi, self.numel, budget, method=method)
+
+    def mask(self, selection) -> None:
+        """Switch to masked mode: only the selected groups train from now on (DESIGN §7).
+
+        Unselected groups lose their gradients and inner optimizer state and are never updated
+        again; with ``freeze=True`` they also get ``requires_grad_(False)``. Probes and APPI go on
+        for the selected groups only.
+
+        Args:
+            selection: a :class:`~adapeft_optim.selection.Selection` or an iterable of group names.
+        """
+        if self._mask is not None:
+            raise RuntimeError(f"already in masked mode with {list(self._mask)}; masked mode is switched on once")
+        names = (selection,) if isinstance(selection, str) else tuple(getattr(selection, "groups", selection))
+        unknown = [n for n in names if n not in self._stats]
+        if unknown:
+            raise ValueError(f"unknown group name(s) {unknown}; the groups are {self.names}")
+        if not names:
+            raise ValueError("the selection is empty: masked mode would train nothing; raise the budget")
+        self._apply_mask(names)
+        self.selection = selection if hasattr(selection, "to_json") else None
+
+    def _apply_mask(self, names: Tuple[str, ...]) -> None:
+        self._mask = tuple(n for n in self._stats if n in names)
+        for g in self.param_groups:
+            if g["adapeft_name"] not in self._mask:
+                for p in g["params"]:
+                    p.grad = None
+                    self.state.pop(p, None)
+                    if self.freeze:
+                        p.requires_grad_(False)
+
+    def _maybe_switch(self, probed: bool) -> None:
+        if self.budget is None or self._mask is not None:
+            return
+        due = self.select_after is not None and self._step >= self.select_after
+        if probed and self.stable_probes is not None:
+            from .selection import greedy_order
+
+            ranking = tuple(greedy_order(self.appi, self.numel))
+            self._stable_count = self._stable_count + 1 if ranking == self._ranking else 0
+            self._ranking = ranking
+            due = due or (self._stable_count >= self.stable_probes
+                          and all(s["accepted"] for s in self._stats.values()))
+        if not due:
+            return
+        if not any(s["accepted"] for s in self._stats.values()):
+            warnings.warn("automatic masked switch postponed: no probe has been accepted yet", RuntimeWarning)
+            return
+        self.mask(self.select(self.budget, self.select_method))
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """The inner optimizer's state dict (its param groups carry ``adapeft_*`` keys) plus an
+        ``"adapeft"`` entry with everything of the wrapper (DESIGN §4.8)."""
+        sd = self.optimizer.state_dict()
+        sd["adapeft"] = {
+            "step": self._step,
+            "stats": copy.deepcopy(self._stats),
+            "history": copy.deepcopy(self.history),
+            "mask": list(self._mask) if self._mask is not None else None,
+            "selection": self.selection.to_json() if self.selection is not None else None,
+            "ranking": list(self._ranking) if self._ranking is not None else None,
+            "stable_count": self._stable_count,
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a state dict made by :meth:`state_dict` of a GeNAdaPEFT built the same way."""
+        if "adapeft" not in state_dict:
+            raise ValueError(
+                "state_dict has no 'adapeft' entry: it is not from GeNAdaPEFT.state_dict(); load an inner "
+                "optimizer's state into the inner optimizer before wrapping it"
+            )
+        extra = state_dict["adapeft"]
+        if list(extra["stats"]) != self.names:
+            raise ValueError(f"state_dict is for groups {list(extra['stats'])}, this optimizer has {self.names}")
+        saved_names = [g.get("adapeft_name") for g in state_dict["param_groups"]]
+        if saved_names != [g["adapeft_name"] for g in self.param_groups]:
+            raise ValueError("state_dict's param groups do not match this optimizer's; build it with the same groups")
+        inner = {k: v for k, v in state_dict.items() if k != "adapeft"}
+        self.optimizer.load_state_dict(inner)
+        self._step = int(extra["step"])
+        self._stats = copy.deepcopy(extra["stats"])
+        self.history = copy.deepcopy(extra["history"])
+        self._ranking = tuple(extra["ranking"]) if extra.get("ranking") is not None else None
+        self._stable_count = int(extra.get("stable_count", 0))
+        self._mask, self.selection = None, None
+        if extra["mask"] is not None:
+            self._apply_mask(tuple(extra["mask"]))
+            if extra.get("selection") is not None:
+                from .selection import Selection
+
+                self.selection = Selection.from_json(extra["selection"])
+
+    def __repr__(self) -> str:
+        return (
+            f"GeNAdaPEFT(lazy={self.lazy}, scales={self.scales}, r2_min={self.r2_min}, smoothing={self.smoothing}, "
+            f"max_change={self.max_change}, groups={self.names}, masked={self._mask},\n  {self.optimizer!r})"
+        )
