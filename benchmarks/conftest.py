@@ -1,0 +1,64 @@
+"""Shared models for the benchmarks, and a closing table of each candidate's median time as a
+ratio to its group's baseline (measured in the same run)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from adapeft_optim import group_parameters
+
+BASELINE_MARK = "baseline"
+
+
+def gpt2_with_lora(n_layer=4, n_embd=128, seq=64, batch=8, seed=0):
+    """A 4-layer GPT-2 (n_embd 128) with LoRA on c_attn, every parameter trainable and an untied
+    head, so that group_parameters yields all seven groups; plus one fixed batch."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=4, vocab_size=256, n_positions=seq,
+                     tie_word_embeddings=False)
+    model = get_peft_model(GPT2LMHeadModel(cfg), LoraConfig(r=8, target_modules=["c_attn"], fan_in_fan_out=True))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.train()
+    x = torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed))
+    return model, {"input_ids": x, "labels": x}
+
+
+@pytest.fixture(scope="module")
+def lora_gpt2():
+    torch.set_num_threads(torch.get_num_threads())
+    model, batch = gpt2_with_lora()
+    assert len(group_parameters(model)) == 7
+    return model, batch
+
+
+def fresh(model):
+    return copy.deepcopy(model)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not session.benchmarks:
+        return
+    by_group = {}
+    for bench in session.benchmarks:
+        by_group.setdefault(bench.group, []).append(bench)
+    lines = []
+    for group, benches in sorted(by_group.items(), key=lambda kv: str(kv[0])):
+        base = [b for b in benches if BASELINE_MARK in b.name]
+        if not base:
+            continue
+        ref = base[0].stats.median
+        for b in benches:
+            extra = "".join(f"  {k}={v}" for k, v in sorted(b.extra_info.items()))
+            lines.append(f"{group:<18} {b.name:<48} median {b.stats.median * 1e3:9.2f} ms  ratio {b.stats.median / ref:6.3f}{extra}")
+    if lines:
+        terminalreporter.write_sep("-", "ratios to the baseline of each group (same run)")
+        for line in lines:
+            terminalreporter.write_line(line)
