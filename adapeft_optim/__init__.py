@@ -1,0 +1,29 @@
+"""AdaPEFT on GeN: per-group Newton learning rates, parameter influence (APPI) and
+Pareto-optimal parameter-subset selection, as a drop-in wrapper of a torch.optim optimizer."""
+
+from .grouping import GROUP_NAMES, describe_groups, group_parameters
+from .optimizer import GeNAdaPEFT
+from .selection import (
+    Selection,
+    apply_selection,
+    load_selected,
+    pareto_frontier,
+    save_selected,
+    select_groups,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GROUP_NAMES",
+    "GeNAdaPEFT",
+    "Selection",
+    "apply_selection",
+    "describe_groups",
+    "group_parameters",
+    "load_selected",
+    "pareto_frontier",
+    "save_selected",
+    "select_groups",
+    "__version__",
+]
