@@ -121,8 +121,10 @@ def check_fit(fit: QuadraticFit, r2_min: float, z: float = 3.0) -> Optional[str]
     """
     if not all(math.isfinite(v) for v in (fit.b, fit.A, fit.r2)):
         return "non-finite loss"
-    if fit.A <= z * fit.se_A:
-        return "curvature below noise" if fit.A > 0 else "non-positive curvature"
+    if abs(fit.A) <= z * fit.se_A:
+        return "curvature below noise"
+    if fit.A < 0:
+        return "non-positive curvature"
     if fit.b <= 0:
         return "non-positive slope"
     if fit.r2 < r2_min:

@@ -619,7 +619,17 @@ class GeNAdaPEFT(Optimizer):
         if not any(s["accepted"] for s in self._stats.values()):
             warnings.warn("automatic masked switch postponed: no probe has been accepted yet", RuntimeWarning)
             return
-        self.mask(self.select(self.budget, self.select_method))
+        selection = self.select(self.budget, self.select_method)
+        if not selection.groups:
+            # Nothing fits: training every group is the only sensible continuation.
+            warnings.warn(
+                f"automatic masked switch skipped: no group fits budget={self.budget} (smallest group has "
+                f"{min(self.numel.values())} of {sum(self.numel.values())} parameters); raise the budget",
+                RuntimeWarning,
+            )
+            self.budget = None
+            return
+        self.mask(selection)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -634,6 +644,7 @@ class GeNAdaPEFT(Optimizer):
             "selection": self.selection.to_json() if self.selection is not None else None,
             "ranking": list(self._ranking) if self._ranking is not None else None,
             "stable_count": self._stable_count,
+            "budget": self.budget,
         }
         return sd
 
@@ -657,6 +668,7 @@ class GeNAdaPEFT(Optimizer):
         self.history = copy.deepcopy(extra["history"])
         self._ranking = tuple(extra["ranking"]) if extra.get("ranking") is not None else None
         self._stable_count = int(extra.get("stable_count", 0))
+        self.budget = extra.get("budget", self.budget)
         self._mask, self.selection = None, None
         if extra["mask"] is not None:
             self._apply_mask(tuple(extra["mask"]))
