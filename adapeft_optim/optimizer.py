@@ -469,13 +469,17 @@ class GeNAdaPEFT(Optimizer):
         names = [n for n in self._stats if self._active(n)
                  and any(b1 > b0 for g, (b0, b1) in zip(groups, bounds) if g["adapeft_name"] == n)]
 
+        current: List[Optional[float]] = [None] * len(groups)  # where each param group now is
+
         def place(lrs: Sequence[float]) -> None:
-            # w ← w_t − lr·d for the given param groups' lrs (w_t itself where lr is 0).
-            for (b0, b1), lr in zip(bounds, lrs):
-                if b1 > b0:
+            # w ← w_t − lr·d per param group (w_t itself where lr is 0); only groups that move
+            # are written, so a probe forward costs a copy of one group, not of the model.
+            for i, ((b0, b1), lr) in enumerate(zip(bounds, lrs)):
+                if b1 > b0 and current[i] != lr:
                     torch._foreach_copy_(flat[b0:b1], saved[b0:b1])
                     if lr != 0.0:
                         torch._foreach_add_(flat[b0:b1], dirs[b0:b1], alpha=-lr)
+                    current[i] = lr
 
         rng = _RNGState()
         done = False
