@@ -2,6 +2,7 @@
 Pareto-optimal parameter-subset selection, as a drop-in wrapper of a torch.optim optimizer."""
 
 from .grouping import GROUP_NAMES, describe_groups, group_parameters
+from .integrations import GeNAdaPEFTFactory, replay_closure, unwrap_optimizer
 from .optimizer import GeNAdaPEFT
 from .selection import (
     Selection,
@@ -17,13 +18,16 @@ __version__ = "0.1.0"
 __all__ = [
     "GROUP_NAMES",
     "GeNAdaPEFT",
+    "GeNAdaPEFTFactory",
     "Selection",
     "apply_selection",
     "describe_groups",
     "group_parameters",
     "load_selected",
     "pareto_frontier",
+    "replay_closure",
     "save_selected",
     "select_groups",
+    "unwrap_optimizer",
     "__version__",
 ]

@@ -78,6 +78,11 @@ def _lr_value(group: dict) -> float:
     return float(lr.item()) if torch.is_tensor(lr) else float(lr)
 
 
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _loss_rtol(dtype: torch.dtype) -> float:
     # A few ulps of the loss: summing thousands of per-token terms in float32 gives ~1e-7 relative
     # jitter under tiny weight changes; 8 eps is a conservative rounding level.
@@ -135,8 +140,9 @@ class GeNAdaPEFT(Optimizer):
         select_method: ``"greedy"`` or ``"exact"`` for the automatic switch (default: "greedy").
         freeze: how masked mode stops unselected groups: ``True`` sets ``requires_grad=False``
             (backward skips them: PEFT cost); ``False`` keeps ``requires_grad`` and drops their
-            ``.grad`` before each step (needed under DDP, whose reducer must see the same
-            parameters every step) (default: True).
+            ``.grad`` before each step (for DDP, whose reducer must see the same parameters every
+            step; the other way under DDP is ``freeze=True`` and a new DDP wrapper after ``mask()``)
+            (default: True).
 
     Example:
         >>> groups = group_parameters(model)
@@ -504,7 +510,7 @@ class GeNAdaPEFT(Optimizer):
     def _reduce(self, losses: torch.Tensor) -> np.ndarray:
         """Mean of the probe losses over ranks, so every rank fits the same numbers (§4.9)."""
         dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if _world_size() > 1:
             device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
             buf = losses.to(device)
             dist.all_reduce(buf, op=dist.ReduceOp.SUM)
@@ -593,6 +599,16 @@ class GeNAdaPEFT(Optimizer):
             raise ValueError(f"unknown group name(s) {unknown}; the groups are {self.names}")
         if not names:
             raise ValueError("the selection is empty: masked mode would train nothing; raise the budget")
+        if self.freeze and _world_size() > 1:
+            # DDP's reducer waits for a gradient of every parameter it was built with; frozen ones
+            # never send one, and the next forward fails with "Expected to have finished reduction".
+            warnings.warn(
+                "masked mode with freeze=True under torch.distributed: wrap the module in a new "
+                "DistributedDataParallel after mask() (it then reduces only the selected groups), or build "
+                "GeNAdaPEFT(..., freeze=False) to keep every parameter in the reduction",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self._apply_mask(names)
         self.selection = selection if hasattr(selection, "to_json") else None
 

@@ -1,0 +1,519 @@
+"""GeNAdaPEFT in HF ``Trainer``, ``accelerate`` and DDP loops (DESIGN §9, §4.9).
+
+Frameworks call ``optimizer.step()`` with no closure, so :func:`replay_closure` builds one: it
+records the inputs of the model's last training forward and re-runs that forward for the
+probes. :class:`GeNAdaPEFTCallback` puts per-group learning rates and APPI into the Trainer's
+logs and can switch to masked mode at a step or a fraction of training;
+:class:`GeNAdaPEFTFactory` builds the optimizer through ``Trainer(optimizer_cls_and_kwargs=...)``.
+
+Example::
+
+    model = GPT2LMHeadModel(config)
+    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-4),
+                     closure=replay_closure(model), groups=group_parameters(model))
+    trainer = Trainer(model, args, train_dataset=ds, optimizers=(opt, None),
+                      callbacks=[GeNAdaPEFTCallback(mask_at=0.5, budget=0.05)])
+    trainer.train()
+
+transformers is imported only when :class:`GeNAdaPEFTCallback` is first used (importing
+``TrainerCallback`` costs seconds); the rest of this module needs torch alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .grouping import base_name, group_parameters
+from .optimizer import GeNAdaPEFT, _RNGState
+
+__all__ = [
+    "GeNAdaPEFTCallback",
+    "GeNAdaPEFTFactory",
+    "ReplayClosure",
+    "replay_closure",
+    "unwrap_optimizer",
+]
+
+# Note [What the replay closure replays]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# A probe must measure the loss whose gradient gave the update direction, so the replay re-runs
+# the last training forward with the same inputs, the same RNG state (GPT-2's dropout draws the
+# masks the backward saw: the replayed L0 equals the training loss bit for bit) and the same
+# autocast settings (a bf16 training forward is probed in bf16, not fp32). Only forwards run
+# with gradients enabled are recorded, so evaluation and generation under no_grad do not replace
+# the training batch, and the replays themselves are never recorded. The record holds the
+# arguments by reference: copying a batch every forward would cost what the forward reads.
+
+# Trainer passes the token count of the whole accumulated (and, under DDP, all-rank) batch, so a
+# micro-batch loss is sum / total instead of the mean: probes would measure a fraction of the
+# loss, and APPI would scale with gradient_accumulation_steps and the world size.
+_DEFAULT_DROP_KWARGS = ("num_items_in_batch",)
+
+_LOG_PREFIX = "adapeft"
+
+
+def _unwrap_module(model: nn.Module) -> nn.Module:
+    # DDP's forward would broadcast buffers (a collective) on every probe forward; the wrapped
+    # module computes the same loss without it.
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def _autocast_device_types(module: nn.Module) -> Tuple[str, ...]:
+    types = ["cpu"]
+    if torch.cuda.is_available():
+        types.append("cuda")
+    for p in module.parameters():
+        if p.device.type not in types and p.device.type != "meta":
+            types.append(p.device.type)
+        break
+    return tuple(types)
+
+
+def _autocast_state(device_type: str) -> Tuple[bool, torch.dtype]:
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    if device_type == "cpu":
+        return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    if device_type == "cuda":
+        return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+    return False, torch.float32
+
+
+class ReplayClosure:
+    """A closure that re-runs the model's last training forward and returns its loss.
+
+    Made by :func:`replay_closure`; see there. Call it for the loss, :meth:`remove` it (or use
+    it as a context manager) to detach the hook and drop the recorded batch.
+
+    Attributes:
+        module (nn.Module): the module whose forwards are recorded (a DDP wrapper's ``.module``).
+        forwards (int): training forwards recorded so far (replays and no-grad forwards excluded).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Optional[Callable[[Any], Any]] = None,
+        *,
+        drop_kwargs: Iterable[str] = _DEFAULT_DROP_KWARGS,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"replay_closure needs the model as an nn.Module (the one the training loop calls), "
+                f"got {type(model).__name__}"
+            )
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(
+                f"loss_fn must be callable (outputs -> scalar loss), got {type(loss_fn).__name__}"
+            )
+        if isinstance(drop_kwargs, str):
+            raise TypeError(f"drop_kwargs must be a collection of names, got the string {drop_kwargs!r}; "
+                            f"pass ({drop_kwargs!r},)")
+        self.module = _unwrap_module(model)
+        self.loss_fn = loss_fn
+        self.drop_kwargs = tuple(drop_kwargs)
+        self._autocast_types = _autocast_device_types(self.module)
+        self._args: Optional[tuple] = None
+        self._kwargs: Optional[dict] = None
+        self._rng: Optional[_RNGState] = None
+        self._autocast: Tuple[Tuple[str, bool, torch.dtype], ...] = ()
+        self._replaying = False
+        self.forwards = 0
+        self._handle = self.module.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._replaying or not torch.is_grad_enabled():
+            return
+        self._args = args
+        self._kwargs = {k: v for k, v in kwargs.items() if k not in self.drop_kwargs}
+        self._rng = _RNGState()
+        self._autocast = tuple((t, *_autocast_state(t)) for t in self._autocast_types)
+        self.forwards += 1
+
+    @property
+    def recorded(self) -> bool:
+        """Whether a training forward has been recorded (and not dropped by :meth:`remove`)."""
+        return self._args is not None
+
+    def __call__(self) -> Any:
+        if self._handle is None:
+            raise RuntimeError("this replay closure was removed; make a new one with replay_closure(model)")
+        if self._args is None:
+            raise RuntimeError(
+                "replay_closure has not seen a training forward of the model yet: run the forward with "
+                "gradients enabled (loss = model(**batch).loss; loss.backward()) before optimizer.step(), "
+                "or pass an explicit closure (GeNAdaPEFT(..., closure=lambda: model(**batch).loss))"
+            )
+        outer = _RNGState()
+        self._replaying = True
+        try:
+            self._rng.restore()
+            with contextlib.ExitStack() as stack:
+                for device_type, enabled, dtype in self._autocast:
+                    stack.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled))
+                outputs = self.module(*self._args, **self._kwargs)
+        finally:
+            self._replaying = False
+            outer.restore()
+        if self.loss_fn is not None:
+            return self.loss_fn(outputs)
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
+        if loss is None:
+            raise TypeError(
+                f"the model's output ({type(outputs).__name__}) has no loss: the recorded forward had no "
+                "labels (HF models compute .loss only from labels=...) or the model returns no .loss; put "
+                "the labels in the batch or pass replay_closure(model, loss_fn=lambda outputs: ...)"
+            )
+        return loss
+
+    def remove(self) -> None:
+        """Detach the forward hook and drop the recorded batch; the closure can no longer be called."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._args = self._kwargs = self._rng = None
+
+    def __enter__(self) -> "ReplayClosure":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self._handle is None else ("recorded" if self._args is not None else "empty")
+        return f"ReplayClosure({type(self.module).__name__}, {state})"
+
+
+def replay_closure(
+    model: nn.Module,
+    loss_fn: Optional[Callable[[Any], Any]] = None,
+    *,
+    drop_kwargs: Iterable[str] = _DEFAULT_DROP_KWARGS,
+) -> ReplayClosure:
+    """A GeNAdaPEFT closure that re-runs the model's last training forward.
+
+    Frameworks (HF ``Trainer``, ``accelerate``, Lightning) call ``optimizer.step()`` with no
+    closure and never show the batch to the optimizer. This registers a forward pre-hook on
+    ``model`` that records the positional and keyword arguments, the RNG state (CPU and CUDA)
+    and the autocast settings of every forward run with gradients enabled; calling the
+    returned closure re-runs the last one and returns its ``.loss`` (or ``loss_fn(outputs)``).
+
+    - Forwards under ``torch.no_grad()`` / ``inference_mode`` (evaluation, generation) are
+      not recorded, nor are the closure's own replays.
+    - The replay restores the recorded RNG state, so dropout draws the masks the training
+      forward drew, and puts the caller's RNG state back afterwards.
+    - The probes run under ``torch.no_grad()`` (the optimizer sees to that), in the model's
+      current train/eval mode.
+    - ``drop_kwargs`` are left out of the replay: by default ``num_items_in_batch``, which
+      ``Trainer`` passes so that a micro-batch loss is a fraction of the accumulated one; the
+      replay measures the micro-batch's mean loss instead.
+    - Under gradient accumulation the replay re-runs the last micro-batch only.
+    - A DDP / DataParallel wrapper is unwrapped: the hook sits on ``model.module`` (so it
+      survives re-wrapping) and the replay runs without DDP's buffer broadcast.
+
+    Memory: the closure holds **references** (not copies) to the last training forward's
+    arguments, so that batch (``input_ids``, ``attention_mask``, ``labels``, ..., on whatever
+    device it was) stays alive until the next training forward replaces it: at most one extra
+    batch, no activations. Inputs the model or loop modifies in place after the forward are
+    replayed modified. :meth:`ReplayClosure.remove` drops the record and the hook.
+
+    Args:
+        model (nn.Module): the module the training loop calls (a transformers or peft model,
+            or any module; a DDP wrapper is unwrapped).
+        loss_fn (callable): maps the model's outputs to the scalar loss, for models whose
+            output has no ``.loss`` (default: None, use ``outputs.loss``).
+        drop_kwargs (iterable of str): keyword arguments not to replay
+            (default: ``("num_items_in_batch",)``).
+
+    Returns:
+        ReplayClosure: callable with no arguments returning the loss; ``remove()`` detaches
+        it; usable as a context manager.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``loss_fn`` is not callable.
+
+    Example::
+
+        with replay_closure(model) as closure:
+            opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-4),
+                             closure=closure, groups=group_parameters(model))
+            for batch in loader:
+                model(**batch).loss.backward()   # recorded
+                opt.step()                       # probes replay it
+                opt.zero_grad()
+    """
+    return ReplayClosure(model, loss_fn, drop_kwargs=drop_kwargs)
+
+
+# -- finding the optimizer inside framework wrappers ---------------------------------------------
+
+
+def unwrap_optimizer(optimizer: Any) -> GeNAdaPEFT:
+    """The :class:`GeNAdaPEFT` inside framework wrappers (accelerate's ``AcceleratedOptimizer``
+    and the like keep the wrapped optimizer as ``.optimizer``).
+
+    Raises:
+        TypeError: no GeNAdaPEFT is found.
+    """
+    seen = optimizer
+    for _ in range(8):
+        if isinstance(optimizer, GeNAdaPEFT):
+            return optimizer
+        optimizer = getattr(optimizer, "optimizer", None)
+        if optimizer is None:
+            break
+    raise TypeError(
+        f"no GeNAdaPEFT found in {type(seen).__name__} (nor in its .optimizer chain); give the Trainer "
+        "optimizers=(GeNAdaPEFT(...), None) or optimizer_cls_and_kwargs=(GeNAdaPEFTFactory, {...})"
+    )
+
+
+def _distributed_world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+# -- Trainer(optimizer_cls_and_kwargs=...) ------------------------------------------------------
+
+_WRAPPER_KWARGS = frozenset(
+    name for name in inspect.signature(GeNAdaPEFT.__init__).parameters if name not in ("self", "optimizer")
+)
+
+# The roles HF's Trainer exempts from weight decay (biases and LayerNorm weights).
+_NO_DECAY_ROLES = ("bias", "norm")
+
+
+class GeNAdaPEFTFactory:
+    """Builds a :class:`GeNAdaPEFT` for ``Trainer(optimizer_cls_and_kwargs=(GeNAdaPEFTFactory, kwargs))``.
+
+    transformers treats an ``optimizer_cls`` that is not an ``Optimizer`` subclass as a factory:
+    it calls ``GeNAdaPEFTFactory()(model, **kwargs)`` with the model. The factory groups the
+    model's trainable parameters with :func:`group_parameters`, builds the inner optimizer and,
+    unless ``closure`` is given, a :func:`replay_closure` on the model, so no batch plumbing is
+    needed. Needs a transformers version with optimizer factories (``is_optimizer_factory``,
+    checked with 5.23); with older ones, which call ``optimizer_cls(params, **kwargs)``, it raises
+    a ``TypeError`` saying to pass ``optimizers=(GeNAdaPEFT(...), None)`` instead.
+
+    Keyword arguments (the ``kwargs`` dict):
+        optimizer: the inner optimizer class (default: ``torch.optim.AdamW``).
+        weight_decay: applied to every group except ``bias`` and ``norm``, as Trainer does
+            (default: 0.0).
+        granularity: passed to :func:`group_parameters` (default: ``"type"``).
+        loss_fn: passed to :func:`replay_closure` (default: None).
+        any :class:`GeNAdaPEFT` keyword (``lazy``, ``scales``, ``budget``, ``freeze``,
+        ``closure``, ...) goes to the wrapper; everything else (``lr``, ``betas``, ``eps``,
+        ...) to the inner optimizer.
+
+    Example::
+
+        trainer = Trainer(model, args, train_dataset=ds,
+                          optimizer_cls_and_kwargs=(GeNAdaPEFTFactory, {"lr": 1e-4, "lazy": 8}),
+                          callbacks=[GeNAdaPEFTCallback()])
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:
+            raise TypeError(
+                "GeNAdaPEFTFactory was called like an optimizer class (params, **kwargs): this transformers "
+                "version has no optimizer factories; pass optimizers=(GeNAdaPEFT(...), None) to the Trainer"
+            )
+
+    def __call__(
+        self,
+        model: nn.Module,
+        *,
+        optimizer: type = torch.optim.AdamW,
+        weight_decay: float = 0.0,
+        granularity: str = "type",
+        loss_fn: Optional[Callable[[Any], Any]] = None,
+        **kwargs: Any,
+    ) -> GeNAdaPEFT:
+        if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.AdamW), got {optimizer!r}")
+        if "groups" in kwargs:
+            raise ValueError("GeNAdaPEFTFactory groups the model itself; pass granularity= instead of groups=")
+        wrapper_kwargs = {k: v for k, v in kwargs.items() if k in _WRAPPER_KWARGS}
+        inner_kwargs = {k: v for k, v in kwargs.items() if k not in _WRAPPER_KWARGS}
+        groups = group_parameters(model, granularity=granularity)
+        if not groups:
+            raise ValueError(f"{type(model).__name__} has no trainable parameters to optimize")
+        # One inner param group per named group keeps group_parameters' order in opt.names.
+        param_groups = [
+            {"params": ps, "weight_decay": 0.0 if base_name(n) in _NO_DECAY_ROLES else weight_decay}
+            for n, ps in groups.items()
+        ]
+        inner = optimizer(param_groups, **inner_kwargs)
+        if wrapper_kwargs.get("closure") is None:
+            wrapper_kwargs["closure"] = replay_closure(model, loss_fn)
+        return GeNAdaPEFT(inner, groups=groups, **wrapper_kwargs)
+
+
+# -- Trainer callback ------------------------------------------------------------------------------
+
+
+def _check_mask_at(mask_at: Any) -> Optional[float]:
+    if mask_at is None:
+        return None
+    if isinstance(mask_at, bool) or not isinstance(mask_at, (int, float)):
+        raise TypeError(f"mask_at must be an int (optimizer steps) or a float (fraction of training), got {mask_at!r}")
+    if isinstance(mask_at, int):
+        if mask_at < 1:
+            raise ValueError(f"Invalid mask_at: {mask_at}; use a step >= 1 or a fraction in (0, 1]")
+    elif not (0.0 < mask_at <= 1.0):
+        raise ValueError(f"Invalid mask_at: {mask_at}; a float is a fraction of training in (0, 1], an int a step")
+    return mask_at
+
+
+def _callback_class() -> type:
+    from transformers import TrainerCallback
+
+    class GeNAdaPEFTCallback(TrainerCallback):
+        """Logs GeNAdaPEFT's per-group learning rates and APPI and can switch it to masked mode.
+
+        On every Trainer log it adds ``adapeft/lr/<group>`` (the effective learning rate now,
+        after the scheduler's step: Newton lr × scheduled lr / base lr, DESIGN §4.2) and
+        ``adapeft/appi/<group>`` for every group to the logged dict and to the matching
+        ``trainer.state.log_history`` entry (saved in ``trainer_state.json``). Trainer places
+        ``report_to`` integrations before user callbacks, so for them (wandb, tensorboard, ...)
+        to receive the values register the callback with :meth:`attach` instead of
+        ``callbacks=[...]``.
+
+        With ``mask_at`` and ``budget`` it calls ``opt.mask(opt.select(budget, method))`` at the
+        end of optimizer step ``mask_at`` (an int), or after the fraction ``mask_at`` (a float)
+        of ``state.max_steps``. If no probe has been accepted by then, the switch waits (with a
+        warning) for the first step after one is. Under DDP masked mode needs
+        ``GeNAdaPEFT(..., freeze=False)`` (checked at the start of training).
+
+        The optimizer is found in the callback's ``optimizer`` argument (unwrapping accelerate's
+        ``AcceleratedOptimizer``) unless given here. Probes happen in ``opt.step()``, which
+        Trainer calls once per optimizer step (not per micro-batch) under gradient accumulation.
+
+        Args:
+            optimizer: the GeNAdaPEFT (or a wrapper of it) (default: None, the Trainer's).
+            mask_at (int or float): optimizer step, or fraction of training in (0, 1], at which
+                to switch to masked mode (default: None, never).
+            budget (float): fraction of parameters to keep training; required with ``mask_at``
+                (default: None).
+            method (str): ``"greedy"`` or ``"exact"`` (default: ``"greedy"``).
+
+        Attributes:
+            masked_at (int | None): the Trainer global step at which this callback switched.
+        """
+
+        def __init__(
+            self,
+            optimizer: Any = None,
+            *,
+            mask_at: Optional[float] = None,
+            budget: Optional[float] = None,
+            method: str = "greedy",
+        ) -> None:
+            self.mask_at = _check_mask_at(mask_at)
+            if (mask_at is None) != (budget is None):
+                raise ValueError(
+                    f"mask_at={mask_at!r} and budget={budget!r}: give both (switch to masked mode at mask_at "
+                    "keeping the fraction budget of parameters) or neither"
+                )
+            if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                       or not 0.0 <= budget <= 1.0):
+                raise ValueError(f"Invalid budget: {budget!r}; use a fraction of parameters in [0, 1]")
+            if method not in ("greedy", "exact"):
+                raise ValueError(f"Invalid method: {method!r}; use 'greedy' or 'exact'")
+            self.budget = budget
+            self.method = method
+            self._opt: Optional[GeNAdaPEFT] = unwrap_optimizer(optimizer) if optimizer is not None else None
+            self._mask_step: Optional[int] = None
+            self._warned = False
+            self.masked_at: Optional[int] = None
+
+        def attach(self, trainer: Any) -> "GeNAdaPEFTCallback":
+            """Register this callback first in ``trainer``'s callbacks, ahead of the ``report_to``
+            integrations, so they log the values it adds. Returns the callback."""
+            callbacks = trainer.callback_handler.callbacks
+            callbacks[:] = [self] + [cb for cb in callbacks if cb is not self]
+            return self
+
+        def _optimizer(self, optimizer: Any) -> Optional[GeNAdaPEFT]:
+            if self._opt is None and optimizer is not None:
+                self._opt = unwrap_optimizer(optimizer)
+            return self._opt
+
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            opt = self._optimizer(optimizer)
+            if opt is None:
+                raise TypeError(
+                    "GeNAdaPEFTCallback found no optimizer; pass GeNAdaPEFTCallback(optimizer=opt) or give the "
+                    "Trainer optimizers=(GeNAdaPEFT(...), None)"
+                )
+            switches = self.mask_at is not None or opt.budget is not None
+            if switches and opt.freeze and _distributed_world_size() > 1:
+                raise ValueError(
+                    "masked mode under distributed training needs GeNAdaPEFT(..., freeze=False): with freeze=True "
+                    "the unselected parameters stop getting gradients and DDP's reducer, built for all of them, "
+                    "fails with 'Expected to have finished reduction in the prior iteration'"
+                )
+            if self.mask_at is not None:
+                if isinstance(self.mask_at, int):
+                    self._mask_step = self.mask_at
+                else:
+                    self._mask_step = max(1, math.ceil(self.mask_at * state.max_steps))
+
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            opt = self._optimizer(optimizer)
+            if opt is None or self._mask_step is None or opt.masked is not None:
+                return
+            if state.global_step < self._mask_step:
+                return
+            if not any(r["accepted"] for r in opt.history):
+                if not self._warned:
+                    warnings.warn(
+                        f"masked switch at step {state.global_step} postponed: no probe accepted yet "
+                        "(see opt.history for the reasons)", RuntimeWarning,
+                    )
+                    self._warned = True
+                return
+            opt.mask(opt.select(self.budget, self.method))
+            self.masked_at = state.global_step
+
+        def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):
+            opt = self._optimizer(optimizer)
+            if opt is None or logs is None:
+                return
+            values = self.metrics(opt)
+            # Trainer.log appended {**logs, "step": ...} to log_history before calling on_log.
+            if state.log_history:
+                last = state.log_history[-1]
+                if last.get("step") == state.global_step:
+                    last.update(values)
+            logs.update(values)
+
+        @staticmethod
+        def metrics(opt: GeNAdaPEFT) -> Dict[str, float]:
+            """The values added to each log: effective lr and APPI per group."""
+            opt = unwrap_optimizer(opt)
+            out = {f"{_LOG_PREFIX}/lr/{n}": float(v) for n, v in opt.lrs.items()}
+            out.update({f"{_LOG_PREFIX}/appi/{n}": float(v) for n, v in opt.appi.items()})
+            return out
+
+    # Pickle and copy.deepcopy find the class by its public name (module __getattr__ below).
+    GeNAdaPEFTCallback.__module__ = __name__
+    GeNAdaPEFTCallback.__qualname__ = "GeNAdaPEFTCallback"
+    return GeNAdaPEFTCallback
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GeNAdaPEFTCallback":
+        cls = _callback_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
