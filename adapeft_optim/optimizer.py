@@ -426,7 +426,7 @@ class GeNAdaPEFT(Optimizer):
                 loss = self._probe_step(closure)
             else:
                 self._inner_step(self._effective_lrs())
-        self._step += 1
+                self._step += 1
         self._maybe_switch(probed=probing)
         return loss
 
@@ -465,7 +465,11 @@ class GeNAdaPEFT(Optimizer):
         grads = [p.grad for p in flat]
         old_lrs = self._effective_lrs()
         saved = [p.detach().clone() for p in flat]  # w_t
-        self._inner_step([1.0] * len(groups))  # see Note [The probe step]
+        try:
+            self._inner_step([1.0] * len(groups))  # see Note [The probe step]
+        except BaseException:
+            torch._foreach_copy_(flat, saved)
+            raise
         dirs = torch._foreach_sub(saved, [p.detach() for p in flat]) if flat else []
         # Per param group slices into flat / saved / dirs.
         bounds, start = [], 0
@@ -487,6 +491,9 @@ class GeNAdaPEFT(Optimizer):
                         torch._foreach_add_(flat[b0:b1], dirs[b0:b1], alpha=-lr)
                     current[i] = lr
 
+        # The inner optimizer has stepped: the step counts even if a probe forward fails.
+        step = self._step
+        self._step += 1
         rng = _RNGState()
         done = False
         try:
@@ -498,7 +505,7 @@ class GeNAdaPEFT(Optimizer):
                     place([s * spacing * lr if g["adapeft_name"] == name else 0.0 for g, lr in zip(groups, old_lrs)])
                     losses.append(self._evaluate(closure, rng, grads))
             values = self._reduce(torch.stack([l.to(torch.float64) for l in losses]))
-            self._fit_groups(names, values, losses[0].dtype)
+            self._fit_groups(step, names, values, losses[0].dtype)
             place(self._effective_lrs())
             done = True
         finally:
@@ -517,7 +524,7 @@ class GeNAdaPEFT(Optimizer):
             losses = buf / dist.get_world_size()
         return losses.cpu().numpy()
 
-    def _fit_groups(self, names: List[str], values: np.ndarray, loss_dtype: torch.dtype) -> None:
+    def _fit_groups(self, step: int, names: List[str], values: np.ndarray, loss_dtype: torch.dtype) -> None:
         L0 = float(values[0])
         rtol = self.loss_rtol if self.loss_rtol is not None else _loss_rtol(loss_dtype)
         numel = self.numel
@@ -537,7 +544,14 @@ class GeNAdaPEFT(Optimizer):
                 ppi = per_parameter_influence(fit.b, fit.A, numel[name])
                 st["appi"] += ppi
                 st["accepted"] += 1
-                st["factor"] = newton_update(st["factor"], st["factor"] * fit.b / fit.A, self.smoothing, self.max_change)
+                # The Newton lr lives in base-lr units and moves towards η* = b/A; the schedule's
+                # factor lr/base_lr multiplies it afterwards (§4.2), so a decaying schedule decays
+                # the Newton lr instead of being undone by it. b/A is in units of the current
+                # effective step, i.e. of factor · schedule.
+                first = self._groups_of(name)[0]
+                schedule = _lr_value(first) / first["adapeft_base_lr"]
+                target = st["factor"] * schedule * fit.b / fit.A
+                st["factor"] = newton_update(st["factor"], target, self.smoothing, self.max_change)
                 if fit.A > 16.0 * self.z * fit.se_A:
                     st["spacing"] = max(spacing / 2.0, 1.0)
             elif reason == "curvature below noise":
@@ -546,7 +560,7 @@ class GeNAdaPEFT(Optimizer):
                 st["spacing"] = max(spacing / 4.0, 1.0)
             # b, A per unit lr (d = update / lr), as DESIGN §2 writes them; PPI is scale-free.
             self.history.append({
-                "step": self._step,
+                "step": step,
                 "group": name,
                 "b": fit.b / lr_ref if lr_ref else math.nan,
                 "A": fit.A / lr_ref ** 2 if lr_ref else math.nan,
