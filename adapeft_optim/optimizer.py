@@ -49,10 +49,11 @@ Closure = Callable[[], Union[torch.Tensor, float]]
 # A float32 loss is only known to ~1e-7 relative. At lr 1e-5 the curvature term ½η²A can be
 # below that, and a fit then returns a "curvature" made of rounding (APPI jumps by orders of
 # magnitude). The fit's standard errors use max(residual sigma, loss_rtol·|L|), and a fit is
-# rejected unless A > z·se(A). A group rejected for that reason probes 4× wider next time
-# (its ``spacing``, up to ``max_spacing``); a fit rejected for a low R² (probes too far for a
-# parabola) or accepted with a curvature far above the noise narrows it back (÷4 and ÷2, not
-# below 1). The spacing only moves the probe points; the learning rate follows the fit.
+# rejected unless |A| > z·se(A). A group rejected for that reason probes wider next time (its
+# ``spacing``, up to ``max_spacing``): the signal grows with spacing², so the factor aims at
+# A/se(A) ≈ 30 (between 2× and 32× at once); a fit rejected for a low R² (probes too far for a
+# parabola) or accepted with A/se(A) > 200 narrows it back (÷4 and ÷2, not below 1). The
+# spacing only moves the probe points; the learning rate follows the fit.
 
 
 class _RNGState:
@@ -81,6 +82,12 @@ def _lr_value(group: dict) -> float:
 def _world_size() -> int:
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+# Adaptive probe spacing (Note [Curvature below the noise]): widen towards a curvature this many
+# standard errors above zero; narrow by 2 only when even a quarter of the signal would pass.
+_TARGET_SNR = 30.0
+_NARROW_SNR = 200.0
 
 
 def _loss_rtol(dtype: torch.dtype) -> float:
@@ -552,10 +559,13 @@ class GeNAdaPEFT(Optimizer):
                 schedule = _lr_value(first) / first["adapeft_base_lr"]
                 target = st["factor"] * schedule * fit.b / fit.A
                 st["factor"] = newton_update(st["factor"], target, self.smoothing, self.max_change)
-                if fit.A > 16.0 * self.z * fit.se_A:
+                if fit.A > _NARROW_SNR * fit.se_A:
                     st["spacing"] = max(spacing / 2.0, 1.0)
             elif reason == "curvature below noise":
-                st["spacing"] = min(spacing * 4.0, self.max_spacing)
+                # The curvature signal grows with spacing², so aim for _TARGET_SNR in one move.
+                snr = abs(fit.A) / fit.se_A if fit.se_A > 0 else 0.0
+                grow = min(max(math.sqrt(_TARGET_SNR / max(snr, 1e-6)), 2.0), 32.0)
+                st["spacing"] = min(spacing * grow, self.max_spacing)
             elif reason == "R2 below r2_min":
                 st["spacing"] = max(spacing / 4.0, 1.0)
             # b, A per unit lr (d = update / lr), as DESIGN §2 writes them; PPI is scale-free.
