@@ -508,8 +508,16 @@ def test_fp16_grad_scaler_steps_with_unscaled_gradients():
         plain.zero_grad()
     assert scaler.get_scale() == 65536.0  # no step was skipped
     for a, b in zip(scaled_model.parameters(), plain_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
-    assert [r["accepted"] for r in scaled.history] == [r["accepted"] for r in plain.history]
+        # fp16 gradients underflow without the scale, so near-zero entries differ by ~1e-5;
+        # a direction taken from scaled gradients would be off by orders of magnitude.
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    # Same loss lines up to fp16 rounding: where both runs accept a fit, the slopes agree (a
+    # direction from scaled gradients would give a slope 65536x larger). Borderline fits may be
+    # accepted in one run and not the other.
+    both = [(r, q) for r, q in zip(scaled.history, plain.history) if r["accepted"] and q["accepted"]]
+    assert both
+    for r, q in both:
+        assert r["group"] == q["group"] and r["b"] == pytest.approx(q["b"], rel=0.05)
 
 
 def test_fp16_grad_scaler_skipped_step_leaves_no_probe():
