@@ -1,0 +1,867 @@
+"""The ``adapeft`` command line (DESIGN §8).
+
+``adapeft demo``
+    Algorithm 2 end to end on the embedded synthetic task (:mod:`adapeft_optim.demo`).
+``adapeft select``
+    The probe phase on your own local Hugging Face model folder and a JSONL/CSV file: APPI per
+    parameter group, the greedy frontier, ``selection.json`` and plots, to train the selected
+    groups with your usual PEFT loop (``apply_selection(model, Selection.load(path))``).
+
+Errors in the input (a missing folder, a folder without ``config.json`` or tokenizer, an
+unknown model type, an unreadable or malformed data file, an empty one) end the command with
+exit status 2 and one line on stderr that names the problem and the fix; no traceback.
+
+Example::
+
+    adapeft demo --out adapeft_out
+    adapeft select --model ./my-model --data train.jsonl --budget 0.01 --steps 40 --lora
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CLIError", "build_parser", "load_examples", "main"]
+
+# Files any of which makes a folder hold a tokenizer AutoTokenizer can load.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+)
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+class CLIError(Exception):
+    """A problem with the command's input: printed as one line, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid budget {text!r}: use a fraction such as 0.01"
+        ) from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"invalid budget {text!r}: use a fraction of parameters in (0, 1], e.g. 0.01"
+        )
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use an integer >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a number > 0") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a number > 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``adapeft`` argument parser (subcommands ``demo`` and ``select``)."""
+    from . import __version__
+    from . import task as T
+
+    parser = argparse.ArgumentParser(
+        prog="adapeft",
+        description=(
+            "AdaPEFT on GeN: parameter influence (APPI) per group and Pareto-optimal PEFT "
+            "selection."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"adapeft-optim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,select}")
+
+    demo = sub.add_parser(
+        "demo",
+        help="Algorithm 2 end to end on the embedded synthetic task (offline, minutes on CPU)",
+        description=(
+            "Pre-train a small and a larger GPT-2 on synthetic task A (cached), probe the small "
+            "one with LoRA on the shifted task B for ~10%% of the steps, select groups at "
+            "--budget, transfer the selection to the larger model, train it, and compare with "
+            "fixed PEFT recipes. Writes PNGs, results.json and selection.json to --out."
+        ),
+    )
+    demo.add_argument("--out", default="adapeft_out", help="output folder (default: adapeft_out)")
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed of LoRA init and batches (default: 0)"
+    )
+    demo.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=200,
+        help="fine-tuning steps of each large-model run; the warm-up is 10%% of it (default: 200)",
+    )
+    demo.add_argument(
+        "--budget",
+        type=_fraction,
+        default=0.1,
+        help="fraction of the small model's parameters to select (default: 0.1)",
+    )
+    sizes = ", ".join(f"{k} ({v[0]}x{v[1]})" for k, v in T.SIZES.items())
+    demo.add_argument(
+        "--small", default="small", help=f"probed model size: {sizes} or LxD (default: small)"
+    )
+    demo.add_argument(
+        "--large", default="large", help="size the selection is transferred to (default: large)"
+    )
+    demo.add_argument(
+        "--warmup",
+        type=_positive_int,
+        default=None,
+        help="probing steps (default: 10%% of --steps, at least 4 x --lazy)",
+    )
+    demo.add_argument(
+        "--lazy", type=_positive_int, default=2, help="probe every LAZY warm-up steps (default: 2)"
+    )
+    demo.add_argument(
+        "--method",
+        choices=("greedy", "exact"),
+        default="greedy",
+        help="selection method (default: greedy)",
+    )
+    demo.add_argument(
+        "--pretrain-steps",
+        type=_positive_int,
+        default=T.PRETRAIN_STEPS,
+        help=f"pre-training steps on task A, cached per size (default: {T.PRETRAIN_STEPS})",
+    )
+    demo.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=T.BATCH_SIZE,
+        help=f"sequences per step (default: {T.BATCH_SIZE})",
+    )
+    demo.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    demo.add_argument(
+        "--quiet", action="store_true", help="no progress bars or phase messages, tables only"
+    )
+    demo.set_defaults(func=_run_demo)
+
+    select = sub.add_parser(
+        "select",
+        help="probe a local Hugging Face model on your data and select parameter groups",
+        description=(
+            "Load a local Hugging Face model folder (config.json, weights, tokenizer) and a "
+            "JSONL or CSV file (a 'text' column: language modelling; with a 'label' column: "
+            "sequence classification), run GeNAdaPEFT's probe phase, and write selection.json, "
+            "results.json and plots to --out."
+        ),
+    )
+    select.add_argument(
+        "--model", required=True, help="local model folder (save_pretrained output)"
+    )
+    select.add_argument(
+        "--data", required=True, help=".jsonl (one JSON object per line) or .csv with a header"
+    )
+    select.add_argument(
+        "--budget",
+        required=True,
+        type=_fraction,
+        help="fraction of the parameters to select, e.g. 0.01",
+    )
+    select.add_argument(
+        "--steps", type=_positive_int, default=40, help="probe-phase steps (default: 40)"
+    )
+    select.add_argument(
+        "--lazy", type=_positive_int, default=4, help="probe every LAZY steps (default: 4)"
+    )
+    select.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=1e-4,
+        help="base lr of the inner AdamW; GeNAdaPEFT adapts it per group (default: 1e-4)",
+    )
+    select.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="examples per step (default: 8)"
+    )
+    select.add_argument(
+        "--max-length",
+        type=_positive_int,
+        default=128,
+        help="truncate texts to this many tokens (default: 128)",
+    )
+    select.add_argument(
+        "--text-column", default="text", help="column/field holding the text (default: text)"
+    )
+    select.add_argument(
+        "--label-column",
+        default=None,
+        help="column/field holding the class label; when given it is required, when left "
+        "out a 'label' field makes it classification (default: label if present)",
+    )
+    select.add_argument(
+        "--lora",
+        action="store_true",
+        help="add peft LoRA adapters (lora_A/lora_B groups) to every linear layer but the head",
+    )
+    select.add_argument(
+        "--lora-rank", type=_positive_int, default=8, help="LoRA rank with --lora (default: 8)"
+    )
+    select.add_argument(
+        "--granularity",
+        choices=("type", "block"),
+        default="type",
+        help="group by parameter role, or by role and transformer block (default: type)",
+    )
+    select.add_argument(
+        "--method",
+        choices=("greedy", "exact"),
+        default="greedy",
+        help="selection method (default: greedy)",
+    )
+    select.add_argument("--seed", type=int, default=0, help="seed of the batch order (default: 0)")
+    select.add_argument("--out", default="adapeft_out", help="output folder (default: adapeft_out)")
+    select.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    select.add_argument(
+        "--quiet", action="store_true", help="no progress bar or messages, tables only"
+    )
+    select.set_defaults(func=_run_select)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``adapeft`` command line; returns the exit status.
+
+    Args:
+        argv: the arguments without the program name (default: ``sys.argv[1:]``)
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse already printed usage and the error (or --help)
+        return exit_.code if isinstance(exit_.code, int) else 0
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    from .demo import DemoError
+
+    try:
+        return args.func(args)
+    except CLIError as err:
+        print(f"adapeft {args.command}: error: {err}", file=sys.stderr)
+        return err.code
+    except DemoError as err:
+        print(f"adapeft {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"adapeft {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _output_folder(out: str) -> Path:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--out {out} is a file; pass a folder to write the results to")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"cannot create the output folder {out}: {err.strerror or err}") from None
+    return path
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    config = DemoConfig(
+        seed=args.seed,
+        steps=args.steps,
+        budget=args.budget,
+        small=args.small,
+        large=args.large,
+        warmup=args.warmup,
+        lazy=args.lazy,
+        method=args.method,
+        pretrain_steps=args.pretrain_steps,
+        batch_size=args.batch_size,
+        plots=not args.no_plots,
+    )
+    run_demo(
+        _output_folder(args.out), config, progress=_show_progress(args), verbose=not args.quiet
+    )
+    return 0
+
+
+# -- select: data -------------------------------------------------------------------------------
+
+
+def load_examples(
+    path: str | os.PathLike,
+    text_column: str = "text",
+    label_column: str | None = None,
+) -> tuple[list[str], list[Any] | None]:
+    """Texts (and labels) of a JSONL or CSV file.
+
+    With ``label_column=None`` the file is a classification set when its first example has a
+    ``label`` field/column; with a name the column is required.
+
+    Returns:
+        ``(texts, labels)``; ``labels`` is ``None`` for a language-modelling file.
+
+    Raises:
+        CLIError: the file is missing, unreadable, not JSONL/CSV, malformed (with the line
+            number), lacks the text or label column, or holds no example.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CLIError(f"data file {path} does not exist")
+    if path.is_dir():
+        raise CLIError(f"data file {path} is a folder; pass a .jsonl or .csv file")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        rows = _read_jsonl(path)
+    elif suffix in (".csv", ".tsv"):
+        rows = _read_csv(path, text_column, label_column, "\t" if suffix == ".tsv" else ",")
+    else:
+        raise CLIError(
+            f"data file {path} has an unknown format {suffix or '(no suffix)'}; use .jsonl "
+            f"(one JSON object per line) or .csv (a header row with a '{text_column}' column)"
+        )
+    if not rows:
+        raise CLIError(f"data file {path} holds no examples; add rows with a '{text_column}' field")
+    label_key = label_column
+    if label_key is None and "label" in rows[0][1]:
+        label_key = "label"
+    texts, labels = [], []
+    for line, row in rows:
+        where = f"{path}:{line}"
+        if text_column not in row:
+            fields = ", ".join(repr(k) for k in row) or "none"
+            raise CLIError(
+                f"{where}: no '{text_column}' field (fields: {fields}); name the text field "
+                "with --text-column"
+            )
+        text = row[text_column]
+        if not isinstance(text, str):
+            raise CLIError(
+                f"{where}: '{text_column}' must be a string, got {type(text).__name__} {text!r}"
+            )
+        texts.append(text)
+        if label_key is None:
+            if "label" in row and label_column is None:
+                raise CLIError(
+                    f"{where}: has a 'label' but the first example has none; label every example "
+                    f"(classification) or none (language modelling)"
+                )
+            continue
+        value = row.get(label_key)
+        if value is None or value == "":
+            raise CLIError(
+                f"{where}: no '{label_key}' value; every example of a classification file "
+                "needs a label"
+            )
+        if isinstance(value, (dict, list, float)) and not (
+            isinstance(value, float) and value.is_integer()
+        ):
+            raise CLIError(f"{where}: label {value!r} is not a class name or integer id")
+        labels.append(value)
+    return texts, (labels if label_key is not None else None)
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise CLIError(
+                        f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})"
+                    ) from None
+                if not isinstance(obj, dict):
+                    raise CLIError(
+                        f'{path}:{lineno}: expected a JSON object such as {{"text": "..."}}, got '
+                        f"{type(obj).__name__}"
+                    )
+                rows.append((lineno, obj))
+    except UnicodeDecodeError as err:
+        raise CLIError(
+            f"data file {path} is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
+    except OSError as err:
+        raise CLIError(f"cannot read data file {path}: {err.strerror or err}") from None
+    return rows
+
+
+def _read_csv(
+    path: Path, text_column: str, label_column: str | None, delimiter: str
+) -> list[tuple[int, dict]]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            try:
+                header = reader.fieldnames
+                if not header:
+                    return []
+                if text_column not in header:
+                    raise CLIError(
+                        f"{path}: no '{text_column}' column (columns: {', '.join(header)}); "
+                        "name the text column with --text-column"
+                    )
+                if label_column is not None and label_column not in header:
+                    raise CLIError(
+                        f"{path}: no '{label_column}' column (columns: {', '.join(header)}); "
+                        "name the label column with --label-column"
+                    )
+                for row in reader:
+                    line = reader.line_num
+                    if None in row:
+                        raise CLIError(
+                            f"{path}:{line}: more fields than the header has ({len(header)})"
+                        )
+                    missing = [k for k, v in row.items() if v is None]
+                    if text_column in missing:
+                        raise CLIError(
+                            f"{path}:{line}: fewer fields than the header; no '{text_column}' value"
+                        )
+                    rows.append((line, {k: v for k, v in row.items() if v is not None}))
+            except csv.Error as err:
+                raise CLIError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
+    except UnicodeDecodeError as err:
+        raise CLIError(
+            f"data file {path} is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
+    except OSError as err:
+        raise CLIError(f"cannot read data file {path}: {err.strerror or err}") from None
+    return rows
+
+
+def _label_ids(labels: list[Any]) -> tuple[list[int], list[str]]:
+    """Class ids (sorted class names: numerically when every label is an integer)."""
+
+    def as_int(v: Any) -> int | None:
+        if isinstance(v, bool):
+            return None
+        if isinstance(v, int):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            return int(v)
+        return None
+
+    ints = [as_int(v) for v in labels]
+    if all(i is not None for i in ints):
+        keys: list[Any] = ints
+        classes = sorted(set(ints))
+    else:
+        keys = [str(v) for v in labels]
+        classes = sorted(set(keys))
+    index = {c: i for i, c in enumerate(classes)}
+    return [index[k] for k in keys], [str(c) for c in classes]
+
+
+# -- select: model ------------------------------------------------------------------------------
+
+
+def _load_model(folder: str, classification: bool, classes: list[str] | None):
+    path = Path(folder)
+    if not path.exists():
+        raise CLIError(f"model folder {folder} does not exist")
+    if not path.is_dir():
+        raise CLIError(
+            f"--model {folder} is not a folder; pass the folder written by model.save_pretrained()"
+        )
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CLIError(
+            f"{folder} has no config.json: not a Hugging Face model folder (write one with "
+            f"model.save_pretrained('{folder}'))"
+        )
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CLIError(f"cannot read {config_file}: {err}") from None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if not model_type:
+        raise CLIError(
+            f"{config_file} has no 'model_type'; re-save the model with save_pretrained()"
+        )
+
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (ValueError, KeyError):
+        raise CLIError(
+            f"unknown model type {model_type!r} in {config_file}: transformers "
+            f"{transformers.__version__} "
+            f"does not know it (upgrade transformers, or fix model_type)"
+        ) from None
+    except OSError as err:
+        raise CLIError(f"cannot load {config_file}: {str(err).splitlines()[0]}") from None
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        raise CLIError(
+            f"{folder} has no weights ({' / '.join(_WEIGHT_FILES[::2])}); save the model with "
+            f"model.save_pretrained('{folder}')"
+        )
+    if classification:
+        config.num_labels = len(classes)
+        config.id2label = dict(enumerate(classes))
+        config.label2id = {c: i for i, c in enumerate(classes)}
+        auto, kind = AutoModelForSequenceClassification, "sequence classification"
+    else:
+        auto, kind = AutoModelForCausalLM, "causal language modelling"
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # "newly initialised classifier" notices are expected here
+    hf_logging.disable_progress_bar()
+    try:
+        model = auto.from_pretrained(
+            folder, config=config, local_files_only=True, ignore_mismatched_sizes=True
+        )
+    except ValueError as err:
+        if "Unrecognized configuration class" in str(err):
+            raise CLIError(
+                f"model type {model_type!r} has no {kind} model in transformers; "
+                + (
+                    "use a file without labels for language modelling"
+                    if classification
+                    else "use a file with a 'label' column for classification"
+                )
+            ) from None
+        raise CLIError(f"cannot load the model from {folder}: {str(err).splitlines()[0]}") from None
+    except OSError as err:
+        raise CLIError(
+            f"cannot load the model weights from {folder}: {str(err).splitlines()[0]}"
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    if not classification and getattr(model, "loss_type", None) is None:
+        model.loss_type = "ForCausalLM"  # what transformers falls back to, minus its warning
+    return model
+
+
+def _load_tokenizer(folder: str):
+    path = Path(folder)
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise CLIError(
+            f"{folder} has no tokenizer (none of tokenizer.json, tokenizer_config.json, "
+            f"vocab.txt, ...); save it next to the model with tokenizer.save_pretrained('{folder}')"
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # transformers raises many types here; one line is all we print
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CLIError(f"cannot load the tokenizer from {folder}: {msg}") from None
+    if tokenizer.pad_token is None:
+        # Padding is masked out (attention mask, labels -100), so any existing token will do.
+        for candidate in (tokenizer.eos_token, tokenizer.unk_token, tokenizer.bos_token):
+            if candidate is not None:
+                tokenizer.pad_token = candidate
+                break
+        else:
+            raise CLIError(
+                f"the tokenizer in {folder} has no pad, eos, unk or bos token to pad batches with; "
+                f"set one (tokenizer.pad_token = ...) and save it again"
+            )
+    return tokenizer
+
+
+def _lora_targets(model) -> list[str]:
+    """Names of the linear layers outside the output head (peft's ``target_modules``)."""
+    from torch import nn
+
+    from .grouping import HEAD_NAMES
+
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        linear: tuple[type, ...] = (nn.Linear, Conv1D)
+    except ImportError:  # pragma: no cover - every supported transformers has Conv1D
+        linear = (nn.Linear,)
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, linear) or module is output:
+            continue
+        if name.split(".")[0] in HEAD_NAMES:
+            continue
+        names.append(name)
+    return names
+
+
+# -- select: the run ----------------------------------------------------------------------------
+
+
+def _run_select(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo import format_table, json_safe
+    from .grouping import group_parameters
+    from .optimizer import GeNAdaPEFT
+    from .selection import pareto_frontier
+
+    texts, raw_labels = load_examples(args.data, args.text_column, args.label_column)
+    classification = raw_labels is not None
+    labels, classes = _label_ids(raw_labels) if classification else (None, None)
+    if classification and len(classes) < 2:
+        raise CLIError(
+            f"{args.data}: every example has the label {classes[0]!r}; classification needs "
+            "2 or more classes"
+        )
+    model_dir = args.model
+    model = _load_model(model_dir, classification, classes)
+    tokenizer = _load_tokenizer(model_dir)
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise CLIError(
+            f"the tokenizer in {model_dir} has {len(tokenizer)} tokens but the model's embedding "
+            f"holds {vocab}; save the tokenizer the model was trained with"
+        )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    out = _output_folder(args.out)
+
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
+    max_length = min(args.max_length, limit) if limit else args.max_length
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    # A language-model example needs two tokens to predict one; a classifier needs one.
+    keep = [i for i, ids in enumerate(encoded) if len(ids) >= (1 if classification else 2)]
+    if not keep:
+        raise CLIError(
+            f"{args.data}: every text tokenizes to fewer than {1 if classification else 2} tokens"
+        )
+    encoded = [encoded[i] for i in keep]
+    if classification:
+        labels = [labels[i] for i in keep]
+
+    if args.lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = _lora_targets(model)
+        if not targets:
+            raise CLIError(
+                f"--lora: the model in {model_dir} has no linear layer outside its head to adapt"
+            )
+        modules = dict(model.named_modules())
+        # GPT-2-style Conv1D layers store (in, out) weights; peft must be told (it warns otherwise).
+        conv1d = all(type(modules[name]).__name__ == "Conv1D" for name in targets)
+        torch.manual_seed(args.seed)
+        with warnings.catch_warnings():
+            # peft calls a transformers property that transformers 5 deprecates; not ours to fix.
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+            )
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=args.lora_rank,
+                    lora_alpha=2 * args.lora_rank,
+                    target_modules=targets,
+                    lora_dropout=0.0,
+                    fan_in_fan_out=conv1d,
+                ),
+            )
+    for p in model.parameters():  # the probe phase trains everything (Algorithm 2, line 2)
+        p.requires_grad_(True)
+    groups = group_parameters(model, granularity=args.granularity)
+    params = [p for ps in groups.values() for p in ps]
+    state: dict[str, Any] = {}
+
+    def closure():
+        return model(**state["batch"]).loss
+
+    opt = GeNAdaPEFT(
+        torch.optim.AdamW(params, lr=args.lr), closure=closure, groups=groups, lazy=args.lazy
+    )
+    generator = torch.Generator().manual_seed(args.seed)
+    order: list[int] = []
+
+    def next_batch() -> dict:
+        nonlocal order
+        idx = []
+        while len(idx) < args.batch_size:
+            if not order:
+                order = torch.randperm(len(encoded), generator=generator).tolist()
+            idx.append(order.pop())
+            if len(encoded) < args.batch_size and not order:
+                break  # a tiny file: one pass is the batch
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+        if classification:
+            batch["labels"] = torch.tensor([labels[i] for i in idx])
+        else:
+            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return dict(batch)
+
+    verbose = not args.quiet
+    if verbose:
+        kind = (
+            f"classification ({len(classes)} classes)" if classification else "language modelling"
+        )
+        print(
+            f"adapeft select: {type(model).__name__} from {model_dir}, {len(encoded)} examples, "
+            f"{kind}; {args.steps} steps, probing every {args.lazy}",
+            flush=True,
+        )
+    from tqdm.auto import tqdm
+
+    model.train()
+    for _ in tqdm(
+        range(args.steps), desc="probe phase", disable=not _show_progress(args), leave=False
+    ):
+        state["batch"] = next_batch()
+        loss = model(**state["batch"]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    accepted = sum(1 for r in opt.history if r["accepted"])
+    if accepted == 0:
+        reasons = sorted({str(r["reason"]) for r in opt.history})
+        raise CLIError(
+            f"no probe was accepted in {args.steps} steps (reasons: "
+            f"{', '.join(reasons) or 'no probe ran'}); "
+            f"run more --steps, probe more often (--lazy), or try another --lr",
+            code=1,
+        )
+    appi, numel, lrs = opt.appi, opt.numel, opt.lrs
+    total = sum(numel.values())
+    frontier = pareto_frontier(appi, numel, method="greedy")
+    rank = {g: i + 1 for i, g in enumerate(frontier[-1].groups)}
+    order_names = sorted(appi, key=lambda g: (rank.get(g, len(appi) + 1), g))
+    appi_rows = [
+        {
+            "group": g,
+            "numel": numel[g],
+            "fraction": numel[g] / total,
+            "appi": appi[g],
+            "value": appi[g] * numel[g],
+            "lr": lrs[g],
+            "rank": rank.get(g),
+        }
+        for g in order_names
+    ]
+    print(
+        format_table(
+            ["rank", "group", "params", "% params", "APPI", "value", "Newton lr"],
+            [
+                [
+                    r["rank"] or "-",
+                    r["group"],
+                    f"{r['numel']:,}",
+                    f"{100 * r['fraction']:.3g}%",
+                    f"{r['appi']:.4g}",
+                    f"{r['value']:.4g}",
+                    f"{r['lr']:.3g}",
+                ]
+                for r in appi_rows
+            ],
+            "rlrrrrr",
+        )
+    )
+    print()
+    print(
+        format_table(
+            ["k", "groups", "% params", "predicted value"],
+            [
+                [k, "+".join(p.groups) or "(none)", f"{100 * p.fraction:.3g}%", f"{p.value:.4g}"]
+                for k, p in enumerate(frontier)
+            ],
+            "rlrr",
+        )
+    )
+    selection = opt.select(args.budget, method=args.method)
+    if not selection.groups:
+        first = frontier[1]
+        raise CLIError(
+            f"--budget {args.budget:g} selects no group: the most influential group "
+            f"{first.groups[0]!r} alone "
+            f"holds {100 * first.fraction:.3g}% of the parameters; raise --budget to at least "
+            f"{math.ceil(first.fraction * 1e4) / 1e4:g}"
+        )
+    selection.save(out / "selection.json")
+    files = ["results.json", "selection.json"]
+    if not args.no_plots:
+        from .plots import plot_appi_curves, plot_frontier, plot_ppi_heatmap
+
+        plot_ppi_heatmap(opt.history, out / "ppi_heatmap.png")
+        plot_appi_curves(opt.history, out / "appi_curves.png")
+        plot_frontier(frontier, out / "frontier.png")
+        files += ["ppi_heatmap.png", "appi_curves.png", "frontier.png"]
+    results = json_safe(
+        {
+            "config": {k: v for k, v in vars(args).items() if k != "func"},
+            "model": {
+                "class": type(model).__name__,
+                "parameters": total,
+                "task": "classification" if classification else "language-modelling",
+                "classes": classes,
+            },
+            "examples": len(encoded),
+            "appi": appi_rows,
+            "frontier": [
+                {"fraction": p.fraction, "value": p.value, "groups": list(p.groups)}
+                for p in frontier
+            ],
+            "selection": selection.to_dict(),
+            "history": opt.history,
+            "files": sorted(files),
+        }
+    )
+    (out / "results.json").write_text(
+        json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
+    print()
+    print(
+        f"selection at budget {args.budget:g}: {'+'.join(selection.groups)} = "
+        f"{selection.num_selected:,} "
+        f"params ({100 * selection.fraction:.3g}%) -> {out / 'selection.json'}"
+    )
+    return 0

@@ -1,0 +1,74 @@
+"""The scripts in examples/ run, with tiny settings, and do what their docstrings say."""
+
+from __future__ import annotations
+
+import copy
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapeft_optim import Selection, load_selected
+from adapeft_optim import task as T
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(T.CACHE_ENV, str(tmp_path / "cache"))
+
+
+def run_example(name: str, argv: list[str], monkeypatch) -> int:
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLES / name), *argv])
+    try:
+        runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    except SystemExit as exit_:
+        return exit_.code or 0
+    return 0
+
+
+def test_plain_loop(monkeypatch, capsys):
+    assert (
+        run_example(
+            "plain_loop.py", ["--steps", "6", "--lazy", "2", "--log-every", "2"], monkeypatch
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count("step ") == 4  # steps 0, 2, 4 and the last one
+    table = out.split("APPI", 1)[1]
+    for group in T.ALL_GROUPS:
+        assert f"\n{group} " in table, group
+    assert "probes accepted" in out
+
+
+def test_transfer(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "out"
+    argv = [
+        "--steps",
+        "8",
+        "--small",
+        "tiny",
+        "--large",
+        "tiny",
+        "--pretrain-steps",
+        "4",
+        "--budget",
+        "0.5",
+        "--out",
+        str(out),
+    ]
+    assert run_example("transfer.py", argv, monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "selected on the small model" in printed and "after loss" in printed
+    selection = Selection.load(out / "selection.json")
+    assert selection.groups and selection.fraction <= 0.5
+    # The saved tensors load onto a fresh copy of the large model and differ from its start.
+    fresh = T.add_lora(copy.deepcopy(T.pretrained_model("tiny", steps=4)), seed=0, train_all=False)
+    start = {n: p.detach().clone() for n, p in fresh.named_parameters()}
+    assert load_selected(fresh, out / "selected.safetensors") == selection
+    changed = [n for n, p in fresh.named_parameters() if not torch.equal(p, start[n])]
+    assert changed
