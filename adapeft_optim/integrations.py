@@ -482,7 +482,19 @@ def _callback_class() -> type:
                     )
                     self._warned = True
                 return
-            opt.mask(opt.select(self.budget, self.method))
+            from .selection import greedy_order
+
+            selection = opt.select(self.budget, self.method)
+            if not selection.groups:
+                # Raising here would end a long run over a setting; train every group instead.
+                warnings.warn(
+                    f"masked switch at step {state.global_step} skipped: no group fits budget={self.budget} "
+                    f"(greedy order {greedy_order(selection.appi, selection.numel)}); raise the budget",
+                    RuntimeWarning,
+                )
+                self._mask_step = None
+                return
+            opt.mask(selection)
             self.masked_at = state.global_step
 
         def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):

@@ -72,3 +72,14 @@ def test_transfer(monkeypatch, capsys, tmp_path):
     assert load_selected(fresh, out / "selected.safetensors") == selection
     changed = [n for n, p in fresh.named_parameters() if not torch.equal(p, start[n])]
     assert changed
+
+
+def test_hf_trainer(monkeypatch, capsys):
+    argv = ["--steps", "8", "--lazy", "1", "--budget", "0.12", "--mask-at", "0.5"]
+    assert run_example("hf_trainer.py", argv, monkeypatch) == 0
+    out = capsys.readouterr().out
+    accepted, total = map(int, out.split(" probes accepted")[0].split()[-1].split("/"))
+    assert 0 < accepted <= total
+    # masked halfway through (step 4 of 8), training the groups that fit 12% of the parameters
+    assert "masked mode from step 4: training ['norm']" in out
+    assert "adapeft/appi/norm=" in out

@@ -351,6 +351,19 @@ def test_trainer_callback_masks_at_a_fraction_and_reaches_reporters(tmp_path):
     assert {r["group"] for r in opt.history if r["step"] >= 4} == set(opt.masked)
 
 
+def test_trainer_callback_with_a_budget_nothing_fits_warns_and_trains_everything(tmp_path):
+    model = gpt2()
+    opt = wrap(model, closure=replay_closure(model), lazy=1)
+    callback = GeNAdaPEFTCallback(mask_at=2, budget=1e-6)
+    trainer = _trainer(model=model, args=_args(tmp_path, max_steps=4, lr_scheduler_type="constant"),
+                       train_dataset=_Tokens(16), optimizers=(opt, None), callbacks=[callback])
+    with pytest.warns(RuntimeWarning, match=r"no group fits budget=1e-06 \(greedy order \["):
+        trainer.train()
+    assert opt.masked is None and callback.masked_at is None
+    assert all(p.requires_grad for p in model.parameters())
+    assert {r["group"] for r in opt.history if r["step"] == 3} == set(opt.names)
+
+
 @pytest.mark.parametrize("mask_at", [2, 5], ids=["switch-before-checkpoint", "switch-after-resume"])
 def test_trainer_resume_from_checkpoint_is_bit_identical(tmp_path, mask_at):
     def run(output_dir, resume=None, save=False):
