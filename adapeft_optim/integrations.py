@@ -433,7 +433,6 @@ def _callback_class() -> type:
             self.method = method
             self._opt: Optional[GeNAdaPEFT] = unwrap_optimizer(optimizer) if optimizer is not None else None
             self._mask_step: Optional[int] = None
-            self._warned = False
             self.masked_at: Optional[int] = None
 
         def attach(self, trainer: Any) -> "GeNAdaPEFTCallback":
@@ -474,28 +473,10 @@ def _callback_class() -> type:
                 return
             if state.global_step < self._mask_step:
                 return
-            if not any(r["accepted"] for r in opt.history):
-                if not self._warned:
-                    warnings.warn(
-                        f"masked switch at step {state.global_step} postponed: no probe accepted yet "
-                        "(see opt.history for the reasons)", RuntimeWarning,
-                    )
-                    self._warned = True
-                return
-            from .selection import greedy_order
-
-            selection = opt.select(self.budget, self.method)
-            if not selection.groups:
-                # Raising here would end a long run over a setting; train every group instead.
-                warnings.warn(
-                    f"masked switch at step {state.global_step} skipped: no group fits budget={self.budget} "
-                    f"(greedy order {greedy_order(selection.appi, selection.numel)}); raise the budget",
-                    RuntimeWarning,
-                )
-                self._mask_step = None
-                return
-            opt.mask(selection)
-            self.masked_at = state.global_step
+            if opt.mask_at_budget(self.budget, self.method) is not None:
+                self.masked_at = state.global_step
+            elif any(r["accepted"] for r in opt.history):
+                self._mask_step = None  # no group fits the budget: keep training every group
 
         def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):
             opt = self._optimizer(optimizer)

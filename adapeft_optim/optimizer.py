@@ -598,7 +598,7 @@ class GeNAdaPEFT(Optimizer):
         """
         from .selection import select_groups
 
-        if not any(s["accepted"] for s in self._stats.values()):
+        if not self._any_accepted():
             raise RuntimeError(
                 "select() needs at least one accepted probe; run more steps (probes happen every "
                 f"lazy={self.lazy} steps) or check opt.history for why probes were rejected"
@@ -636,6 +636,37 @@ class GeNAdaPEFT(Optimizer):
         self._apply_mask(names)
         self.selection = selection if hasattr(selection, "to_json") else None
 
+    def _any_accepted(self) -> bool:
+        return any(s["accepted"] for s in self._stats.values())
+
+    def mask_at_budget(self, budget: float, method: str = "greedy"):
+        """Switch to masked mode with ``select(budget, method)`` when that is possible.
+
+        For automatic switches in the middle of a run, where raising would end it over a setting:
+        instead of the errors of :meth:`select` and :meth:`mask` it warns and returns ``None`` when
+        no probe has been accepted yet (call again later) or when no group fits ``budget``.
+
+        Returns:
+            The :class:`~adapeft_optim.selection.Selection` now trained, or ``None``.
+        """
+        if not self._any_accepted():
+            warnings.warn("masked switch postponed: no probe has been accepted yet (see opt.history for the "
+                          "reasons)", RuntimeWarning, stacklevel=2)
+            return None
+        selection = self.select(budget, method)
+        if not selection.groups:
+            from .selection import greedy_order
+
+            warnings.warn(
+                f"masked switch skipped: no group fits budget={budget} (greedy order "
+                f"{greedy_order(self.appi, self.numel)}, sizes {self.numel}); raise the budget",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        self.mask(selection)
+        return selection
+
     def _apply_mask(self, names: Tuple[str, ...]) -> None:
         self._mask = tuple(n for n in self._stats if n in names)
         for g in self.param_groups:
@@ -658,22 +689,8 @@ class GeNAdaPEFT(Optimizer):
             self._ranking = ranking
             due = due or (self._stable_count >= self.stable_probes
                           and all(s["accepted"] for s in self._stats.values()))
-        if not due:
-            return
-        if not any(s["accepted"] for s in self._stats.values()):
-            warnings.warn("automatic masked switch postponed: no probe has been accepted yet", RuntimeWarning)
-            return
-        selection = self.select(self.budget, self.select_method)
-        if not selection.groups:
-            # Nothing fits: training every group is the only sensible continuation.
-            warnings.warn(
-                f"automatic masked switch skipped: no group fits budget={self.budget} (smallest group has "
-                f"{min(self.numel.values())} of {sum(self.numel.values())} parameters); raise the budget",
-                RuntimeWarning,
-            )
-            self.budget = None
-            return
-        self.mask(selection)
+        if due and self.mask_at_budget(self.budget, self.select_method) is None and self._any_accepted():
+            self.budget = None  # nothing fits: keep training every group, stop trying
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

@@ -242,3 +242,16 @@ def test_auto_switch_with_a_budget_nothing_fits_warns_and_keeps_training_everyth
         run(model, opt, holder, batches(3))
     assert opt.masked is None and opt.budget is None
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_mask_at_budget_postpones_before_any_accepted_probe_then_switches():
+    model = lora_gpt2()
+    holder = [None]
+    opt = make_opt(model, holder, lazy=1)
+    with pytest.warns(RuntimeWarning, match="postponed: no probe has been accepted yet"):
+        assert opt.mask_at_budget(0.3) is None
+    assert opt.masked is None
+    run(model, opt, holder, batches(3))
+    selection = opt.mask_at_budget(0.3)
+    assert selection == select_groups(opt.appi, opt.numel, 0.3)
+    assert opt.masked == tuple(n for n in opt.names if n in selection.groups)
