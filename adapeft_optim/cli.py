@@ -110,9 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"adapeft-optim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{demo,select}")
+    # Options both subcommands share.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", default="adapeft_out", help="output folder (default: adapeft_out)")
+    common.add_argument(
+        "--method",
+        choices=("greedy", "exact"),
+        default="greedy",
+        help="selection method (default: greedy)",
+    )
+    common.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    common.add_argument(
+        "--quiet", action="store_true", help="no progress bars or phase messages, tables only"
+    )
 
     demo = sub.add_parser(
         "demo",
+        parents=[common],
         help="Algorithm 2 end to end on the embedded synthetic task (offline, minutes on CPU)",
         description=(
             "Pre-train a small and a larger GPT-2 on synthetic task A (cached), probe the small "
@@ -121,7 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
             "fixed PEFT recipes. Writes PNGs, results.json and selection.json to --out."
         ),
     )
-    demo.add_argument("--out", default="adapeft_out", help="output folder (default: adapeft_out)")
     demo.add_argument(
         "--seed", type=int, default=0, help="seed of LoRA init and batches (default: 0)"
     )
@@ -154,12 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--lazy", type=_positive_int, default=2, help="probe every LAZY warm-up steps (default: 2)"
     )
     demo.add_argument(
-        "--method",
-        choices=("greedy", "exact"),
-        default="greedy",
-        help="selection method (default: greedy)",
-    )
-    demo.add_argument(
         "--pretrain-steps",
         type=_positive_int,
         default=T.PRETRAIN_STEPS,
@@ -171,14 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=T.BATCH_SIZE,
         help=f"sequences per step (default: {T.BATCH_SIZE})",
     )
-    demo.add_argument("--no-plots", action="store_true", help="skip the PNGs")
-    demo.add_argument(
-        "--quiet", action="store_true", help="no progress bars or phase messages, tables only"
-    )
     demo.set_defaults(func=_run_demo)
 
     select = sub.add_parser(
         "select",
+        parents=[common],
         help="probe a local Hugging Face model on your data and select parameter groups",
         description=(
             "Load a local Hugging Face model folder (config.json, weights, tokenizer) and a "
@@ -243,18 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="type",
         help="group by parameter role, or by role and transformer block (default: type)",
     )
-    select.add_argument(
-        "--method",
-        choices=("greedy", "exact"),
-        default="greedy",
-        help="selection method (default: greedy)",
-    )
     select.add_argument("--seed", type=int, default=0, help="seed of the batch order (default: 0)")
-    select.add_argument("--out", default="adapeft_out", help="output folder (default: adapeft_out)")
-    select.add_argument("--no-plots", action="store_true", help="skip the PNGs")
-    select.add_argument(
-        "--quiet", action="store_true", help="no progress bar or messages, tables only"
-    )
     select.set_defaults(func=_run_select)
     return parser
 
