@@ -325,9 +325,16 @@ class GeNAdaPEFT(Optimizer):
         ungrouped = [(j, i, p) for j, g in enumerate(inner_groups) for i, p in enumerate(g["params"]) if id(p) not in owner]
         if ungrouped:
             j, i, p = ungrouped[0]
+            hint = (
+                "it is frozen: build the optimizer from the trainable parameters only "
+                "([p for p in model.parameters() if p.requires_grad]) or group with "
+                "group_parameters(model, include_frozen=True)"
+                if all(not q.requires_grad for _, _, q in ungrouped)
+                else "add it to a group, e.g. with group_parameters(model)"
+            )
             raise ValueError(
                 f"parameter {i} of the optimizer's param group {j} (shape {tuple(p.shape)}) is in no group "
-                f"({len(ungrouped)} such); add it to a group, e.g. with group_parameters(model)"
+                f"({len(ungrouped)} such); {hint}"
             )
         order = list(groups.keys())
         split = []

@@ -775,8 +775,13 @@ def test_overlapping_groups_raise():
 
 def test_group_missing_an_optimizer_parameter_raises():
     m = _linear()
-    with pytest.raises(ValueError, match=r"shape \(2,\)\) is in no group"):
+    with pytest.raises(ValueError, match=r"shape \(2,\)\) is in no group \(1 such\); add it to a group"):
         GeNAdaPEFT(_adamw(m), groups={"w": [m.weight]})
+    # The common peft mistake: AdamW(model.parameters()) with the frozen base, default grouping.
+    m.bias.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"it is frozen: build the optimizer from the trainable parameters"):
+        GeNAdaPEFT(_adamw(m), groups={"w": [m.weight]})
+    assert m.weight.requires_grad and m.bias.grad is None
 
 
 def test_grouped_parameter_not_in_the_optimizer_raises():
