@@ -635,7 +635,7 @@ def _lora_targets(model) -> list[str]:
 def _run_select(args: argparse.Namespace) -> int:
     import torch
 
-    from .demo import format_table, json_safe
+    from .demo import appi_table, format_table, json_safe
     from .grouping import group_parameters
     from .optimizer import GeNAdaPEFT
     from .selection import pareto_frontier
@@ -764,23 +764,10 @@ def _run_select(args: argparse.Namespace) -> int:
             f"run more --steps, probe more often (--lazy), or try another --lr",
             code=1,
         )
-    appi, numel, lrs = opt.appi, opt.numel, opt.lrs
+    appi, numel = opt.appi, opt.numel
     total = sum(numel.values())
     frontier = pareto_frontier(appi, numel, method="greedy")
-    rank = {g: i + 1 for i, g in enumerate(frontier[-1].groups)}
-    order_names = sorted(appi, key=lambda g: (rank.get(g, len(appi) + 1), g))
-    appi_rows = [
-        {
-            "group": g,
-            "numel": numel[g],
-            "fraction": numel[g] / total,
-            "appi": appi[g],
-            "value": appi[g] * numel[g],
-            "lr": lrs[g],
-            "rank": rank.get(g),
-        }
-        for g in order_names
-    ]
+    appi_rows = appi_table(opt)
     print(
         format_table(
             ["rank", "group", "params", "% params", "APPI", "value", "Newton lr"],

@@ -161,6 +161,33 @@ def _size_label(size: str) -> str:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
+
+def appi_table(opt) -> list[dict]:
+    """One row per group of a probed :class:`GeNAdaPEFT`, in greedy order (then unranked
+    groups by name): numel, fraction, APPI, value (APPI x numel, the predicted loss reduction),
+    effective lr, probes run and accepted, and greedy rank (``None`` for groups with no
+    positive APPI)."""
+    from .selection import pareto_frontier
+
+    appi, numel, lrs = opt.appi, opt.numel, opt.lrs
+    total = sum(numel.values())
+    rank = {g: i + 1 for i, g in enumerate(pareto_frontier(appi, numel, method="greedy")[-1].groups)}
+    probes = {g: [r["accepted"] for r in opt.history if r["group"] == g] for g in appi}
+    return [
+        {
+            "group": g,
+            "numel": numel[g],
+            "fraction": numel[g] / total,
+            "appi": appi[g],
+            "value": appi[g] * numel[g],
+            "lr": lrs[g],
+            "probes": len(probes[g]),
+            "accepted": sum(probes[g]),
+            "rank": rank.get(g),
+        }
+        for g in sorted(appi, key=lambda g: (rank.get(g, len(appi) + 1), g))
+    ]
+
 def run_demo(
     out: str | Path,
     config: DemoConfig | None = None,
@@ -259,31 +286,13 @@ def run_demo(
             f"no probe was accepted in {warmup} warm-up steps, so there is no APPI to select from; "
             f"use more --steps (or --warmup) or a lower --lazy"
         )
-    appi, numel, lrs = opt.appi, opt.numel, opt.lrs
+    appi, numel = opt.appi, opt.numel
     total_small = sum(numel.values())
-    counts = {g: [0, 0] for g in appi}
-    for r in opt.history:
-        counts[r["group"]][0] += 1
-        counts[r["group"]][1] += r["accepted"]
 
     # 3. APPI table and greedy frontier ---------------------------------------------------------
     frontier = pareto_frontier(appi, numel, method="greedy")
     frontier_exact = pareto_frontier(appi, numel, method="exact")
-    rank = {g: i + 1 for i, g in enumerate(frontier[-1].groups)}
-    appi_rows = [
-        {
-            "group": g,
-            "numel": numel[g],
-            "fraction": numel[g] / total_small,
-            "appi": appi[g],
-            "value": appi[g] * numel[g],
-            "lr": lrs[g],
-            "probes": counts[g][0],
-            "accepted": counts[g][1],
-            "rank": rank.get(g),
-        }
-        for g in sorted(appi, key=lambda g: (rank.get(g, len(appi) + 1), g))
-    ]
+    appi_rows = appi_table(opt)
     say()
     say("APPI after the warm-up (small model; value = APPI x params, the predicted loss reduction)")
     say(
