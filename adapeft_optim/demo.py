@@ -287,7 +287,6 @@ def run_demo(
             f"use more --steps (or --warmup) or a lower --lazy"
         )
     appi, numel = opt.appi, opt.numel
-    total_small = sum(numel.values())
 
     # 3. APPI table and greedy frontier ---------------------------------------------------------
     frontier = pareto_frontier(appi, numel, method="greedy")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import warnings
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 

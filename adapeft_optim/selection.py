@@ -643,8 +643,8 @@ def _missing_hint(name: str, base: str) -> str:
         return f"wrap the model with peft LoRA first (peft.get_peft_model) so it has {base}"
     if base != name:
         return (
-            f"block-level groups transfer only to models that have that block; select "
-            f"with granularity='type' to transfer across depths"
+            "block-level groups transfer only to models that have that block; select "
+            "with granularity='type' to transfer across depths"
         )
     return "group the model the way the selection was made (granularity= or groups=)"
 
