@@ -5,6 +5,8 @@ ratios, state bytes)."""
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 
 import pytest
 import torch
@@ -41,6 +43,25 @@ def lora_gpt2():
 
 def fresh(model):
     return copy.deepcopy(model)
+
+
+def train_step(model, batch, opt):
+    loss = model(**batch).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def interleaved(fns, rounds, warmup=2):
+    """Median seconds of each function, called in turn round by round."""
+    times = [[] for _ in fns]
+    for r in range(warmup + rounds):
+        for f, ts in zip(fns, times):
+            start = time.perf_counter()
+            f()
+            if r >= warmup:
+                ts.append(time.perf_counter() - start)
+    return [statistics.median(ts) for ts in times]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

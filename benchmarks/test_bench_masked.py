@@ -13,17 +13,9 @@ import torch
 
 from adapeft_optim import GeNAdaPEFT, group_parameters
 
-from conftest import fresh
-from test_bench_optimizer import interleaved
+from conftest import fresh, interleaved, train_step
 
 SELECTED = ("lora_A", "lora_B", "norm", "head")
-
-
-def train_step(model, batch, opt):
-    loss = model(**batch).loss
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
 
 
 def state_bytes(opt):

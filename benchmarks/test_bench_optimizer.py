@@ -13,24 +13,14 @@ shared machine hits both alike; the ratios land in ``extra_info`` and in the clo
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import pytest
 import torch
 
 from adapeft_optim import GeNAdaPEFT, group_parameters
 
-from conftest import fresh
+from conftest import fresh, interleaved, train_step
 
 STENCILS = {"4point": (-2, -1, 1, 2), "3point": (-1, 1)}
-
-
-def train_step(model, batch, opt):
-    loss = model(**batch).loss
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
 
 
 def adamw(model):
@@ -39,18 +29,6 @@ def adamw(model):
 
 def wrapped(model, batch, **kwargs):
     return GeNAdaPEFT(adamw(model), closure=lambda: model(**batch).loss, groups=group_parameters(model), **kwargs)
-
-
-def interleaved(fns, rounds, warmup=2):
-    """Median seconds of each function, called in turn round by round."""
-    times = [[] for _ in fns]
-    for r in range(warmup + rounds):
-        for f, ts in zip(fns, times):
-            start = time.perf_counter()
-            f()
-            if r >= warmup:
-                ts.append(time.perf_counter() - start)
-    return [statistics.median(ts) for ts in times]
 
 
 @pytest.mark.benchmark(group="step")
