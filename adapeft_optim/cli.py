@@ -706,32 +706,35 @@ def _run_select(args: argparse.Namespace) -> int:
         p.requires_grad_(True)
     groups = group_parameters(model, granularity=args.granularity)
     params = [p for ps in groups.values() for p in ps]
-    state: dict[str, Any] = {}
 
-    def closure():
-        return model(**state["batch"]).loss
+    def batches(seed: int):
+        """Endless shuffled batches of the data, in an order drawn from ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
+        order: list[int] = []
+        while True:
+            idx = []
+            while len(idx) < args.batch_size:
+                if not order:
+                    order = torch.randperm(len(encoded), generator=generator).tolist()
+                idx.append(order.pop())
+                if len(encoded) < args.batch_size and not order:
+                    break  # a tiny file: one pass is the batch
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+            if classification:
+                batch["labels"] = torch.tensor([labels[i] for i in idx])
+            else:
+                batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            yield dict(batch)
 
+    # Probes evaluate a second stream over the data, not the batch of the gradient (unbiased slope).
     opt = GeNAdaPEFT(
-        torch.optim.AdamW(params, lr=args.lr), closure=closure, groups=groups, lazy=args.lazy
+        torch.optim.AdamW(params, lr=args.lr),
+        closure=lambda batch: model(**batch).loss,
+        probe_data=batches(args.seed + 1),
+        groups=groups,
+        lazy=args.lazy,
     )
-    generator = torch.Generator().manual_seed(args.seed)
-    order: list[int] = []
-
-    def next_batch() -> dict:
-        nonlocal order
-        idx = []
-        while len(idx) < args.batch_size:
-            if not order:
-                order = torch.randperm(len(encoded), generator=generator).tolist()
-            idx.append(order.pop())
-            if len(encoded) < args.batch_size and not order:
-                break  # a tiny file: one pass is the batch
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
-        if classification:
-            batch["labels"] = torch.tensor([labels[i] for i in idx])
-        else:
-            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        return dict(batch)
+    train_batches = batches(args.seed)
 
     verbose = not args.quiet
     if verbose:
@@ -749,8 +752,7 @@ def _run_select(args: argparse.Namespace) -> int:
     for _ in tqdm(
         range(args.steps), desc="probe phase", disable=not _show_progress(args), leave=False
     ):
-        state["batch"] = next_batch()
-        loss = model(**state["batch"]).loss
+        loss = model(**next(train_batches)).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ import math
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -119,7 +119,9 @@ def _loss_rtol(dtype: torch.dtype) -> float:
 # (GPT-2 + LoRA), so b/A comes out several times too large and every probe asks for a larger lr.
 # With ``probe_data`` each probe draws the next batch (the iterable is started over when it
 # ends), and all forwards of that probe, the joint check's included, evaluate that one batch
-# under one replayed RNG state. GeN's reference code does the same with a second iterator.
+# under one replayed RNG state. GeN's reference code does the same with a second iterator. A
+# sequence (a list, ProbeBatches) is indexed by the count of batches drawn, which checkpoints
+# carry, so a resumed run probes the same batches; any other iterable starts over on resume.
 
 # Note [The joint step]
 # ~~~~~~~~~~~~~~~~~~~~~
@@ -362,6 +364,7 @@ class GeNAdaPEFT(Optimizer):
         self.adapt_lr = bool(adapt_lr)
         self._probe_data = probe_data
         self._probe_iter: Optional[Iterator[Any]] = None
+        self._probe_count = 0  # probe batches drawn so far
 
         self._split_param_groups(groups)
         names = list(dict.fromkeys(g["adapeft_name"] for g in self.param_groups))
@@ -586,6 +589,11 @@ class GeNAdaPEFT(Optimizer):
 
     def _next_probe_batch(self) -> Any:
         """The next batch of ``probe_data``, starting it over when it ends (Note [Probe batches])."""
+        count, self._probe_count = self._probe_count, self._probe_count + 1
+        if isinstance(self.probe_data, Sequence):  # by index: a resumed run draws the same batch
+            if not len(self.probe_data):
+                raise RuntimeError("probe_data is empty; give it at least one batch")
+            return self.probe_data[count % len(self.probe_data)]
         if self._probe_iter is None:
             self._probe_iter = iter(self.probe_data)
         try:
@@ -957,6 +965,7 @@ class GeNAdaPEFT(Optimizer):
             "stable_count": self._stable_count,
             "budget": self.budget,
             "recent_l0": list(self._recent_l0),
+            "probe_count": self._probe_count,
         }
         return sd
 
@@ -982,6 +991,7 @@ class GeNAdaPEFT(Optimizer):
         self._stable_count = int(extra.get("stable_count", 0))
         self.budget = extra.get("budget", self.budget)
         self._recent_l0 = [float(v) for v in extra.get("recent_l0", [])]
+        self._probe_count = int(extra.get("probe_count", 0))
         self._mask, self.selection = None, None
         if extra["mask"] is not None:
             self._apply_mask(tuple(extra["mask"]))

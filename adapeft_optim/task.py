@@ -523,17 +523,23 @@ def probe(
     groups = group_parameters(model)
     params = [p for ps in groups.values() for p in ps]
     inner = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    state: dict[str, Any] = {}
+    # One probe batch per probe, from a stream of its own: the batches the steps have not seen.
+    probe_generator = torch.Generator().manual_seed(seed + 10_007)
+    probe_batches = [task.batch(batch_size, probe_generator) for _ in range(-(-steps // lazy) if lazy else 0)]
     opt = GeNAdaPEFT(
-        inner, closure=lambda: model(**state["batch"]).loss, groups=groups, lazy=lazy, **kwargs
+        inner,
+        closure=lambda batch: model(**batch).loss,
+        probe_data=probe_batches or None,
+        groups=groups,
+        lazy=lazy,
+        **kwargs,
     )
     generator = torch.Generator().manual_seed(seed)
     model.train()
     bar = _progress(steps, progress)
     try:
         for _ in range(steps):
-            state["batch"] = task.batch(batch_size, generator)
-            loss = model(**state["batch"]).loss
+            loss = model(**task.batch(batch_size, generator)).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

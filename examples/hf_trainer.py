@@ -4,8 +4,10 @@ masked mode halfway through, all offline (a tiny GPT-2 built from a config, synt
     python examples/hf_trainer.py                  # ~30 s on 2 CPU cores
     python examples/hf_trainer.py --steps 200 --budget 0.1
 
-The Trainer calls ``optimizer.step()`` with no closure; ``replay_closure(model)`` re-runs the
-model's last training forward for the probes. ``GeNAdaPEFTCallback`` writes ``adapeft/lr/<group>``
+The Trainer calls ``optimizer.step()`` with no closure and never shows the optimizer a batch;
+``GeNAdaPEFTCallback`` gives the optimizer probe batches of its own at the start of training (a
+second, differently shuffled pass over the training set: batches the step has not seen) and
+the closure that evaluates them. It also writes ``adapeft/lr/<group>``
 and ``adapeft/appi/<group>`` into every log (``trainer.state.log_history``, ``trainer_state.json``,
 report_to integrations) and switches to masked mode at ``--mask-at`` of training.
 """
@@ -19,7 +21,7 @@ import torch
 import transformers
 
 from adapeft_optim import GeNAdaPEFT, describe_groups, group_parameters
-from adapeft_optim.integrations import GeNAdaPEFTCallback, replay_closure
+from adapeft_optim.integrations import GeNAdaPEFTCallback
 
 VOCAB, SEQ = 128, 32
 
@@ -57,8 +59,8 @@ def main() -> None:
     for row in describe_groups(groups):
         print(f"{row.name:8s} {row.numel:>8d} params {row.fraction:7.2%}")
 
-    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-3), closure=replay_closure(model),
-                     groups=groups, lazy=args.lazy)
+    # No closure: the callback adds probe batches and their closure when training starts.
+    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-3), groups=groups, lazy=args.lazy)
     callback = GeNAdaPEFTCallback(mask_at=args.mask_at, budget=args.budget)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,9 @@
 """GeNAdaPEFT in a plain PyTorch training loop (DESIGN §1).
 
 The only change to an ordinary loop is the optimizer line: AdamW is wrapped, told how to
-compute the current batch's loss (the closure, a forward pass only) and which parameter
-groups to track. Every ``--lazy`` steps it probes each group with a few extra forward passes,
+compute a batch's loss (the closure, a forward pass only), which batches to probe on (batches
+the training steps do not see: the slope on the gradient's own batch is biased) and which
+parameter groups to track. Every ``--lazy`` steps it probes each group with a few extra forward passes,
 sets that group's learning rate by a generalized Newton rule and accumulates its influence
 (APPI). At the end the APPI table tells which groups are worth training under a budget.
 
@@ -41,10 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     data = synthetic.FINETUNE_TASK
     generator = torch.Generator().manual_seed(args.seed)
 
-    batch = data.batch(16, generator)
+    probe_generator = torch.Generator().manual_seed(args.seed + 1)
+    probe_batches = [data.batch(16, probe_generator) for _ in range(32)]  # held out from training
     opt = GeNAdaPEFT(
         torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0),
-        closure=lambda: model(**batch).loss,  # reads the current `batch` at each probe
+        closure=lambda batch: model(**batch).loss,  # a forward pass on the probe batch
+        probe_data=probe_batches,  # one batch per probe, started over when it ends
         groups=group_parameters(model),
         lazy=args.lazy,
     )

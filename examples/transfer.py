@@ -58,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     small = synthetic.add_lora(
         synthetic.pretrained_model(args.small, steps=args.pretrain_steps), seed=args.seed
     )
-    batch = {}
+    probe_generator = torch.Generator().manual_seed(args.seed + 1)
     opt = GeNAdaPEFT(
         torch.optim.AdamW(small.parameters(), lr=synthetic.PROBE_LR, weight_decay=0.0),
-        closure=lambda: small(**batch).loss,
+        closure=lambda batch: small(**batch).loss,
+        probe_data=[data.batch(synthetic.BATCH_SIZE, probe_generator) for _ in range(16)],
         groups=group_parameters(small),
         lazy=args.lazy,
     )
@@ -69,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = max(4 * args.lazy, round(0.1 * args.steps))
     small.train()
     for _ in range(warmup):
-        batch = data.batch(synthetic.BATCH_SIZE, generator)
-        small(**batch).loss.backward()
+        small(**data.batch(synthetic.BATCH_SIZE, generator)).loss.backward()
         opt.step()
         opt.zero_grad()
     print("APPI on the small model:", {k: float(f"{v:.3g}") for k, v in opt.appi.items()})

@@ -16,8 +16,10 @@ from torch import nn
 
 from adapeft_optim import GeNAdaPEFT, group_parameters
 from adapeft_optim.integrations import (
+    BatchLoss,
     GeNAdaPEFTCallback,
     GeNAdaPEFTFactory,
+    ProbeBatches,
     ReplayClosure,
     replay_closure,
     unwrap_optimizer,
@@ -305,18 +307,36 @@ def test_trainer_logs_lr_and_appi_of_every_group(tmp_path):
     assert all(lr == 0.0 for lr in opt.lrs.values())
 
 
-def test_trainer_probes_once_per_optimizer_step_under_gradient_accumulation(tmp_path):
+def test_trainer_probes_once_per_optimizer_step_on_batches_the_step_has_not_seen(tmp_path):
     model = gpt2()
-    closure = replay_closure(model)
-    opt = wrap(model, closure=closure, lazy=2)
+    replay = replay_closure(model)
+    opt = wrap(model, closure=replay, lazy=2)
+    forwards = []  # (grad enabled, input_ids) of every forward
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: forwards.append((torch.is_grad_enabled(), kwargs["input_ids"].clone())),
+        with_kwargs=True,
+    )
+    dataset = _Tokens(48)
     trainer = _trainer(
         model=model, args=_args(tmp_path, max_steps=6, gradient_accumulation_steps=2, logging_steps=2),
-        train_dataset=_Tokens(48), optimizers=(opt, None), callbacks=[GeNAdaPEFTCallback()],
+        train_dataset=dataset, optimizers=(opt, None), callbacks=[GeNAdaPEFTCallback()],
     )
     trainer.train()
-    assert closure.forwards == 12  # every micro-batch forward recorded, no probe forward
-    assert trainer.state.global_step == 6
+    # The callback swapped the biased replay for probe batches of the training data.
+    assert isinstance(opt.probe_data, ProbeBatches) and isinstance(opt.closure, BatchLoss)
+    assert repr(replay).endswith("removed)")
+    assert sum(grad for grad, _ in forwards) == 12  # every micro-batch
     assert sorted({r["step"] for r in opt.history}) == [0, 2, 4]  # 6 optimizer steps / lazy
+    per_probe = 1 + 4 * len(opt.names) + 2
+    assert sum(not grad for grad, _ in forwards) == 3 * per_probe
+    rows = {tuple(row.tolist()) for row in dataset.ids}
+    last_train = None
+    for grad, ids in forwards:
+        if grad:
+            last_train = ids
+        else:  # a probe: rows of the dataset, not the micro-batch the gradient came from
+            assert all(tuple(row.tolist()) in rows for row in ids)
+            assert not torch.equal(ids, last_train)
     first = opt.param_groups[0]["params"][0]
     assert int(opt.state[first]["step"]) == 6  # the inner optimizer stepped once per real step
     assert any(r["accepted"] for r in opt.history)
@@ -394,7 +414,9 @@ def test_trainer_with_optimizer_factory(tmp_path):
     )
     trainer.train()
     opt = unwrap_optimizer(trainer.optimizer)
-    assert isinstance(opt.closure, ReplayClosure) and opt.closure.module is model
+    # The factory's replay closure was swapped for probe batches by the callback.
+    assert isinstance(opt.closure, BatchLoss) and opt.closure.module is model
+    assert isinstance(opt.probe_data, ProbeBatches)
     assert opt.lazy == 2
     assert opt.names == list(group_parameters(model))
     decay = {g["adapeft_name"]: g["weight_decay"] for g in opt.param_groups}
