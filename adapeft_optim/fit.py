@@ -16,7 +16,14 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["QuadraticFit", "fit_quadratic", "check_fit", "newton_update", "per_parameter_influence"]
+__all__ = [
+    "QuadraticFit",
+    "best_reduction",
+    "check_fit",
+    "fit_quadratic",
+    "newton_update",
+    "per_parameter_influence",
+]
 
 
 class QuadraticFit(NamedTuple):
@@ -145,3 +152,28 @@ def newton_update(current: float, optimum: float, smoothing: float, max_change: 
 def per_parameter_influence(b: float, A: float, numel: int) -> float:
     """PPI = b² / (A · n): the best loss reduction of the group per parameter (paper eq. 14)."""
     return b * b / (A * numel)
+
+
+def best_reduction(b: float, A: float, eta_max: float) -> tuple[float, str]:
+    """The best loss reduction along the line within a trust region, and which case it is.
+
+    ``max over 0 < η ≤ eta_max of (η b − ½ η² A)`` (0 as η → 0 when nothing is positive), the
+    reduction the quadratic model promises for a step the optimizer would take:
+
+    - ``"interior"``: ``A > 0`` and the Newton step ``0 < b/A ≤ eta_max``: ``b² / (2A)``, the
+      paper's value;
+    - ``"trust region"``: no interior optimum (``A ≤ 0``: a concave or flat line, or
+      ``b/A > eta_max``) and the edge ``η = eta_max`` gains: its value there;
+    - ``"no descent"``: no step in the region reduces the loss: 0.
+
+    Args:
+        b: slope ``Gᵀd``.
+        A: curvature ``dᵀHd``.
+        eta_max: the largest step, in the units of ``b`` and ``A`` (``inf``: no region).
+    """
+    if A > 0.0 and 0.0 < b <= A * eta_max:
+        return b * b / (2.0 * A), "interior"
+    if math.isinf(eta_max):
+        return (math.inf, "trust region") if b > 0.0 or A < 0.0 else (0.0, "no descent")
+    edge = eta_max * b - 0.5 * eta_max * eta_max * A
+    return (edge, "trust region") if edge > 0.0 else (0.0, "no descent")

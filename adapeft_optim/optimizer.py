@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.optim import Optimizer
 
-from .fit import check_fit, fit_quadratic, newton_update, per_parameter_influence
+from .fit import best_reduction, check_fit, fit_quadratic, newton_update
 
 __all__ = ["GeNAdaPEFT"]
 
@@ -131,6 +131,16 @@ def _loss_rtol(dtype: torch.dtype) -> float:
 # along its own line at t = ±1 (two forwards) and fitted like a group: when its Newton point
 # t* = b/A lies below 1 every probed group's lr is multiplied by max(t*, 1/max_change). Only
 # accepted fits (b > 0, A above noise) scale; the check never raises an lr.
+
+# Note [Influence of every probe]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# APPI sums, per probe, 2/n times the best loss reduction the fitted line promises. Where the
+# fit is accepted (A above noise) that is the paper's b²/A. Where the line has no interior
+# optimum (A ≤ 0, a real concave line, or A within noise) it is max over 0 < η ≤ max_change·lr of
+# (ηb − ½η²A): the most a step the optimizer would take can gain. A probe with b ≤ 0 is worth 0.
+# So every probe with a finite, parabola-shaped line is valued (record "case": "interior",
+# "trust region" or "no descent"); leaving out the concave ones would bias APPI towards groups
+# whose lines happen to be convex. Only non-finite losses and R² below r2_min are not valued.
 
 # Note [Divergence guard]
 # ~~~~~~~~~~~~~~~~~~~~~~~
@@ -370,7 +380,7 @@ class GeNAdaPEFT(Optimizer):
         names = list(dict.fromkeys(g["adapeft_name"] for g in self.param_groups))
         # Per named group: lr factor (newton_lr / base_lr), probe spacing, APPI and counts.
         self._stats: Dict[str, Dict[str, float]] = {
-            n: {"factor": 1.0, "spacing": 1.0, "appi": 0.0, "probes": 0, "accepted": 0} for n in names
+            n: {"factor": 1.0, "spacing": 1.0, "appi": 0.0, "probes": 0, "accepted": 0, "valued": 0} for n in names
         }
         self._step = 0
         self.history: List[Dict[str, Any]] = []
@@ -499,7 +509,7 @@ class GeNAdaPEFT(Optimizer):
 
     @property
     def appi(self) -> Dict[str, float]:
-        """Accumulated per-parameter influence of each group (accepted probes only)."""
+        """Accumulated per-parameter influence of each group (every valued probe: Note [Influence of every probe])."""
         return {n: s["appi"] for n, s in self._stats.items()}
 
     @property
@@ -744,9 +754,9 @@ class GeNAdaPEFT(Optimizer):
             first = self._groups_of(name)[0]
             schedule = _lr_value(first) / first["adapeft_base_lr"]
             lr_ref = st["factor"] * _lr_value(first)
-            ppi, factor, new_spacing = 0.0, st["factor"], spacing
+            factor, new_spacing = st["factor"], spacing
+            ppi, case = self._influence(fit, reason, numel[name])
             if reason is None:
-                ppi = per_parameter_influence(fit.b, fit.A, numel[name])
                 if self.adapt_lr:
                     # The Newton lr lives in base-lr units and moves towards η* = b/A; the
                     # schedule's factor lr/base_lr multiplies it afterwards (§4.2), so a decaying
@@ -775,6 +785,7 @@ class GeNAdaPEFT(Optimizer):
                 "A": fit.A / lr_ref ** 2 if lr_ref else math.nan,
                 "r2": fit.r2,
                 "ppi": ppi,
+                "case": case,
                 "accepted": reason is None,
                 "reason": reason,
                 "spacing": spacing,
@@ -783,6 +794,17 @@ class GeNAdaPEFT(Optimizer):
         if self.adapt_lr:
             self._guard(update, names)
         return update
+
+    def _influence(self, fit: Any, reason: Optional[str], numel: int) -> Tuple[float, Optional[str]]:
+        """PPI of one probe and its case (Note [Influence of every probe]); ``(0.0, None)`` when the
+        probe cannot be valued (non-finite loss, or a line a parabola does not describe)."""
+        if reason in ("non-finite loss", "R2 below r2_min"):
+            return 0.0, None
+        # An accepted curvature has an optimum: the paper's b²/A wherever it lies. Otherwise (A
+        # not above zero, or within noise) the best reduction within max_change lr of a step.
+        eta_max = math.inf if reason is None else self.max_change
+        reduction, case = best_reduction(fit.b, fit.A, eta_max)
+        return 2.0 * reduction / numel, case
 
     def _guard(self, update: "_Update", names: List[str]) -> None:
         """Note [Divergence guard]: shrink every probed group's lr when the probe loss jumps."""
@@ -824,8 +846,9 @@ class GeNAdaPEFT(Optimizer):
         for name, record in update.records.items():
             st = self._stats[name]
             st["probes"] += 1
-            if record["accepted"]:
-                st["accepted"] += 1
+            st["accepted"] += record["accepted"]
+            if record["case"] is not None:
+                st["valued"] = st.get("valued", 0) + 1
                 st["appi"] += update.ppi[name]
             st["spacing"] = update.spacings[name]
         for name, factor in update.factors.items():
@@ -858,7 +881,7 @@ class GeNAdaPEFT(Optimizer):
 
         if not self._any_accepted():
             raise RuntimeError(
-                "select() needs at least one accepted probe; run more steps (probes happen every "
+                "select() needs at least one valued probe (a finite, parabola-shaped line); run more steps (probes happen every "
                 f"lazy={self.lazy} steps) or check opt.history for why probes were rejected"
             )
         return select_groups(self.appi, self.numel, budget, method=method)
@@ -895,20 +918,20 @@ class GeNAdaPEFT(Optimizer):
         self.selection = selection if hasattr(selection, "to_json") else None
 
     def _any_accepted(self) -> bool:
-        return any(s["accepted"] for s in self._stats.values())
+        return any(s.get("valued", 0) for s in self._stats.values())
 
     def mask_at_budget(self, budget: float, method: str = "greedy"):
         """Switch to masked mode with ``select(budget, method)`` when that is possible.
 
         For automatic switches in the middle of a run, where raising would end it over a setting:
         instead of the errors of :meth:`select` and :meth:`mask` it warns and returns ``None`` when
-        no probe has been accepted yet (call again later) or when no group fits ``budget``.
+        no probe has been valued yet (call again later) or when no group fits ``budget``.
 
         Returns:
             The :class:`~adapeft_optim.selection.Selection` now trained, or ``None``.
         """
         if not self._any_accepted():
-            warnings.warn("masked switch postponed: no probe has been accepted yet (see opt.history for the "
+            warnings.warn("masked switch postponed: no probe has been valued yet (see opt.history for the "
                           "reasons)", RuntimeWarning, stacklevel=2)
             return None
         selection = self.select(budget, method)
@@ -946,7 +969,7 @@ class GeNAdaPEFT(Optimizer):
             self._stable_count = self._stable_count + 1 if ranking == self._ranking else 0
             self._ranking = ranking
             due = due or (self._stable_count >= self.stable_probes
-                          and all(s["accepted"] for s in self._stats.values()))
+                          and all(s.get("valued", 0) for s in self._stats.values()))
         if due and self.mask_at_budget(self.budget, self.select_method) is None and self._any_accepted():
             self.budget = None  # nothing fits: keep training every group, stop trying
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from adapeft_optim.fit import (
+    best_reduction,
     QuadraticFit,
     check_fit,
     fit_quadratic,
@@ -236,3 +237,26 @@ def test_ppi_does_not_depend_on_the_units_of_the_probe_points():
     expected = b * b / (A * n)
     assert per_parameter_influence(in_t.b, in_t.A, n) == pytest.approx(expected, rel=1e-9)
     assert per_parameter_influence(in_eta.b, in_eta.A, n) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "b, A, case",
+    [
+        (2.0, 1.0, "interior"),        # convex, optimum b/A = 2 inside η ≤ 3
+        (2.0, 0.25, "trust region"),   # convex, optimum 8 beyond the region
+        (2.0, 0.0, "trust region"),    # flat: linear line, best at the edge
+        (2.0, -3.0, "trust region"),   # concave: best at the edge
+        (-1.0, 2.0, "no descent"),     # uphill: no positive step helps
+        (-1.0, -2.0, "trust region"),  # uphill at first, concave enough to gain at the edge
+        (-1.0, -0.5, "no descent"),    # uphill, not concave enough
+    ],
+)
+def test_best_reduction_is_the_exact_best_step_within_the_trust_region(b, A, case):
+    eta_max = 3.0
+    value, got = best_reduction(b, A, eta_max)
+    assert got == case
+    etas = np.linspace(0.0, eta_max, 300_001)[1:]  # brute force over 0 < η ≤ η_max
+    brute = max(float(np.max(etas * b - 0.5 * etas**2 * A)), 0.0)
+    assert value == pytest.approx(brute, rel=1e-9, abs=1e-12)
+    if case == "interior":
+        assert value == pytest.approx(b * b / (2 * A))  # the paper's b²/A, halved

@@ -68,13 +68,17 @@ def warmed():
     return model, opt
 
 
-def test_warmup_probes_every_group_and_accumulates_accepted_ppi_only(warmed):
+def test_warmup_probes_every_group_and_accumulates_the_ppi_of_valued_probes(warmed):
     _, opt = warmed
     assert set(opt.appi) == {"lora_A", "lora_B", "head", "norm", "bias", "embed", "others"}
     for name, appi in opt.appi.items():
         records = [r for r in opt.history if r["group"] == name]
         assert [r["step"] for r in records] == list(range(8))
-        assert appi == pytest.approx(sum(r["ppi"] for r in records if r["accepted"]), rel=1e-12)
+        assert appi == pytest.approx(sum(r["ppi"] for r in records if r["case"] is not None), rel=1e-12)
+        # Accepted fits are valued at the paper's b²/A per parameter, the others by the trust region.
+        for r in records:
+            if r["accepted"]:
+                assert r["case"] == "interior" and r["ppi"] == pytest.approx(r["b"] ** 2 / (r["A"] * opt.numel[name]))
     # lora_B starts at zero, so lora_A's gradient, and its direction, is exactly zero at step 0
     first = next(r for r in opt.history if r["group"] == "lora_A")
     assert first["b"] == 0.0 and not first["accepted"]
@@ -219,7 +223,7 @@ def test_mask_errors_leave_the_model_untouched():
         opt.mask([])
     assert all(p.requires_grad for p in model.parameters())
     assert opt.masked is None
-    with pytest.raises(RuntimeError, match="needs at least one accepted probe"):
+    with pytest.raises(RuntimeError, match="needs at least one valued probe"):
         opt.select(0.1)
     opt.mask(["norm"])
     with pytest.raises(RuntimeError, match="already in masked mode"):
@@ -248,7 +252,7 @@ def test_mask_at_budget_postpones_before_any_accepted_probe_then_switches():
     model = lora_gpt2()
     holder = [None]
     opt = make_opt(model, holder, lazy=1)
-    with pytest.warns(RuntimeWarning, match="postponed: no probe has been accepted yet"):
+    with pytest.warns(RuntimeWarning, match="postponed: no probe has been valued yet"):
         assert opt.mask_at_budget(0.3) is None
     assert opt.masked is None
     run(model, opt, holder, batches(3))

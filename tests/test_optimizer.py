@@ -735,7 +735,7 @@ def test_mask_freezes_unselected_groups_and_probes_only_selected():
     inner = torch.optim.AdamW(model.parameters(), lr=1e-3)
     opt = GeNAdaPEFT(inner, groups=group_parameters(model), lazy=1)
     assert set(opt.names) == {"head", "norm", "bias", "embed", "others"}
-    with pytest.raises(RuntimeError, match="at least one accepted probe"):
+    with pytest.raises(RuntimeError, match="at least one valued probe"):
         opt.select(0.5)
     data = batches(5, seed=9)
     train(model, opt, data[:2])
