@@ -1023,6 +1023,16 @@ class GeNAdaPEFT(Optimizer):
 
                 self.selection = Selection.from_json(extra["selection"])
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # torch's Optimizer.__getstate__ keeps defaults/state/param_groups only, which here are
+        # views of the inner optimizer: keep everything, but not a live iterator over probe_data.
+        state = self.__dict__.copy()
+        state["_probe_iter"] = None
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def __repr__(self) -> str:
         return (
             f"GeNAdaPEFT(lazy={self.lazy}, scales={self.scales}, r2_min={self.r2_min}, smoothing={self.smoothing}, "

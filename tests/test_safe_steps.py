@@ -251,3 +251,34 @@ def test_influence_only_is_bit_identical_to_the_bare_optimizer_and_accumulates_a
     for name in "abc":
         assert expected_appi[name] > 0
         assert opt.appi[name] == pytest.approx(expected_appi[name], rel=1e-6)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_deepcopy_and_pickle_keep_the_wrapper_and_continue_identically(how):
+    import copy
+    import pickle
+
+    model = Mean()
+    probe = row_batches(3, seed=6)
+    train = row_batches(8, seed=7)
+    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), closure=model,
+                     probe_data=probe, groups={"w": [model.w]}, lazy=2)
+    for batch in train[:3]:
+        opt.zero_grad()
+        model(batch).backward()
+        opt.step()
+    # Together with the model, so the optimizer's parameters map to the copy's.
+    if how == "deepcopy":
+        twin_model, twin = copy.deepcopy((model, opt))
+    else:
+        twin_model, twin = pickle.loads(pickle.dumps((model, opt)))
+    assert twin.closure is twin_model
+    unpickled = pickle.loads(pickle.dumps(opt.state_dict()))
+    assert unpickled["adapeft"]["probe_count"] == opt.state_dict()["adapeft"]["probe_count"] == 2
+    for batch in train[3:]:
+        for m, o in ((model, opt), (twin_model, twin)):
+            o.zero_grad()
+            m(batch).backward()
+            o.step()
+    assert torch.equal(model.w, twin_model.w)
+    assert opt.appi == twin.appi and opt.lrs == twin.lrs
