@@ -5,29 +5,35 @@ from .grouping import GROUP_NAMES, describe_groups, group_parameters
 from .integrations import GeNAdaPEFTFactory, replay_closure, unwrap_optimizer
 from .optimizer import GeNAdaPEFT
 from .selection import (
+    EmptySelectionWarning,
     Selection,
     apply_selection,
+    group_dependencies,
     load_selected,
     pareto_frontier,
     save_selected,
     select_groups,
+    transfer_selection,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EmptySelectionWarning",
     "GROUP_NAMES",
     "GeNAdaPEFT",
     "GeNAdaPEFTFactory",
     "Selection",
     "apply_selection",
     "describe_groups",
+    "group_dependencies",
     "group_parameters",
     "load_selected",
     "pareto_frontier",
     "replay_closure",
     "save_selected",
     "select_groups",
+    "transfer_selection",
     "unwrap_optimizer",
     "__version__",
 ]

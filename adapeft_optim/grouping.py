@@ -93,7 +93,7 @@ def group_parameters(
        under ``model.get_output_embeddings()``. Everything under the head is head,
        biases included (RoBERTa's ``classifier.dense`` and ``classifier.out_proj``,
        BERT's ``cls.predictions.bias``, peft's ``classifier.modules_to_save.default``
-       copy and its frozen ``original_module``). Exception: a tensor that is also
+       copy). Exception: a tensor that is also
        owned by an embedding module is ``embed``; a head tied to the input embedding
        (GPT-2's ``lm_head.weight`` is ``wte.weight``) is that one table.
     4. ``embed``: its module is an ``nn.Embedding`` / ``nn.EmbeddingBag`` (subclasses
@@ -101,6 +101,14 @@ def group_parameters(
        ``position_embeddings`` parameter).
     5. ``bias``: its own name is ``bias``.
     6. ``others``: everything else.
+
+    peft's ``ModulesToSaveWrapper`` (``modules_to_save=[...]``, and the head of
+    ``task_type="SEQ_CLS"``) keeps the module twice: the trainable copy
+    ``<module>.modules_to_save.<adapter>`` and the frozen ``<module>.original_module``,
+    which peft uses only with the adapters disabled and never trains. Only the copy is
+    grouped, also with ``include_frozen=True``: a head is counted once, and
+    :func:`~adapeft_optim.selection.apply_selection` never makes the original trainable
+    (see Note [modules_to_save originals]).
 
     With ``granularity="block"`` every group is split further by transformer block:
     the block index is the first integer segment of the name whose parent module is an
@@ -155,10 +163,11 @@ def group_parameters(
         id(p) for m in modules.values() if _is_embedding(m) for p in m.parameters(recurse=False)
     }
     module_lists = {path for path, m in modules.items() if isinstance(m, nn.ModuleList)}
+    originals = _modules_to_save_originals(model, modules)
 
     buckets: dict[tuple[str, int], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        if not (param.requires_grad or include_frozen):
+        if not (param.requires_grad or include_frozen) or id(param) in originals:
             continue
         segments = tuple(name.split("."))
         owner = modules[".".join(segments[:-1])]
@@ -223,6 +232,42 @@ def _classify(
     if segments[-1] == "bias":
         return "bias"
     return "others"
+
+
+# Note [modules_to_save originals]: peft's ModulesToSaveWrapper holds the module twice,
+# ``original_module`` (the base model's, used only with the adapters disabled) and a
+# trainable copy per adapter in ``modules_to_save``. Grouping the original would count a
+# SEQ_CLS head twice (a MiniLM 384 -> 12 classifier as 9,240 parameters instead of 4,620)
+# and let apply_selection train a module the forward pass does not use. A tensor of the
+# original that is also reachable under another name (a head tied to the input embedding)
+# is still that other module's, so the test is on every name of the tensor.
+
+
+def _is_modules_to_save_wrapper(module: nn.Module) -> bool:
+    copies = getattr(module, "modules_to_save", None)
+    return (
+        any(cls.__name__ == "ModulesToSaveWrapper" for cls in type(module).__mro__)
+        and isinstance(getattr(module, "original_module", None), nn.Module)
+        and isinstance(copies, nn.ModuleDict)
+        and len(copies) > 0
+    )
+
+
+def _modules_to_save_originals(model: nn.Module, modules: dict[str, nn.Module]) -> set[int]:
+    """ids of the tensors reachable only through a ModulesToSaveWrapper's original_module."""
+    hidden = {
+        path + ".original_module" if path else "original_module"
+        for path, m in modules.items()
+        if _is_modules_to_save_wrapper(m)
+    }
+    if not hidden:
+        return set()
+    under: dict[int, bool] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        segments = name.split(".")
+        inside = any(".".join(segments[:i]) in hidden for i in range(1, len(segments)))
+        under[id(param)] = under.get(id(param), True) and inside
+    return {pid for pid, only_original in under.items() if only_original}
 
 
 def _is_norm(module: nn.Module) -> bool:

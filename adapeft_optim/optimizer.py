@@ -377,6 +377,14 @@ class GeNAdaPEFT(Optimizer):
         self._probe_count = 0  # probe batches drawn so far
 
         self._split_param_groups(groups)
+        # Which groups cannot learn alone, read off the weights as wrapped (lora_A while lora_B is
+        # zero): a selection is applied to a fresh adapter, whatever training did to this one.
+        from .selection import group_dependencies
+
+        self.requires: Dict[str, Tuple[str, ...]] = group_dependencies(
+            {n: [p for g in self.param_groups if g["adapeft_name"] == n for p in g["params"]]
+             for n in dict.fromkeys(g["adapeft_name"] for g in self.param_groups)}
+        )
         names = list(dict.fromkeys(g["adapeft_name"] for g in self.param_groups))
         # Per named group: lr factor (newton_lr / base_lr), probe spacing, APPI and counts.
         self._stats: Dict[str, Dict[str, float]] = {
@@ -871,11 +879,17 @@ class GeNAdaPEFT(Optimizer):
 
         Args:
             budget: fraction of all parameters in [0, 1].
-            method: ``"greedy"`` (largest APPI-sorted prefix that fits) or ``"exact"`` (0-1
-                knapsack, paper eq. 4) (default: "greedy").
+            method: ``"greedy"`` (walk the APPI order, skipping what does not fit),
+                ``"prefix"`` (the paper's nested prefixes: stop at the first that does not fit)
+                or ``"exact"`` (0-1 knapsack, paper eq. 4) (default: "greedy").
+
+        Groups that could not learn alone when the optimizer was built (``lora_A`` while its
+        ``lora_B`` was zero, see :func:`~adapeft_optim.selection.group_dependencies`) are only
+        selected together with their partner.
 
         Returns:
-            A :class:`~adapeft_optim.selection.Selection`.
+            A :class:`~adapeft_optim.selection.Selection` (empty, with an
+            ``EmptySelectionWarning`` naming the smallest budget that fits, when nothing fits).
         """
         from .selection import select_groups
 
@@ -884,7 +898,7 @@ class GeNAdaPEFT(Optimizer):
                 "select() needs at least one valued probe (a finite, parabola-shaped line); run more steps (probes happen every "
                 f"lazy={self.lazy} steps) or check opt.history for why probes were rejected"
             )
-        return select_groups(self.appi, self.numel, budget, method=method)
+        return select_groups(self.appi, self.numel, budget, method=method, requires=self.requires)
 
     def mask(self, selection) -> None:
         """Switch to masked mode: only the selected groups train from now on (DESIGN §7).
@@ -934,13 +948,16 @@ class GeNAdaPEFT(Optimizer):
             warnings.warn("masked switch postponed: no probe has been valued yet (see opt.history for the "
                           "reasons)", RuntimeWarning, stacklevel=2)
             return None
-        selection = self.select(budget, method)
-        if not selection.groups:
-            from .selection import greedy_order
+        from .selection import EmptySelectionWarning, greedy_order
 
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EmptySelectionWarning)  # said below, in context
+            selection = self.select(budget, method)
+        if not selection.groups:
+            notes = " ".join(selection.notes)
             warnings.warn(
                 f"masked switch skipped: no group fits budget={budget} (greedy order "
-                f"{greedy_order(self.appi, self.numel)}, sizes {self.numel}); raise the budget",
+                f"{greedy_order(self.appi, self.numel)}, sizes {self.numel}); raise the budget. {notes}",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -989,6 +1006,7 @@ class GeNAdaPEFT(Optimizer):
             "budget": self.budget,
             "recent_l0": list(self._recent_l0),
             "probe_count": self._probe_count,
+            "requires": {k: list(v) for k, v in self.requires.items()},
         }
         return sd
 
@@ -1015,6 +1033,8 @@ class GeNAdaPEFT(Optimizer):
         self.budget = extra.get("budget", self.budget)
         self._recent_l0 = [float(v) for v in extra.get("recent_l0", [])]
         self._probe_count = int(extra.get("probe_count", 0))
+        if "requires" in extra:
+            self.requires = {str(k): tuple(v) for k, v in extra["requires"].items()}
         self._mask, self.selection = None, None
         if extra["mask"] is not None:
             self._apply_mask(tuple(extra["mask"]))

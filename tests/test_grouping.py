@@ -146,9 +146,13 @@ def check_expected(model, groups, expected):
 
 
 def check_partition(model, groups, include_frozen=False):
-    """Every selected parameter in exactly one group, nothing else, order kept."""
+    """Every selected parameter in exactly one group, nothing else, order kept; peft's
+    frozen ``original_module`` behind a ``modules_to_save`` copy is in no group."""
     order = {id(p): i for i, (_, p) in enumerate(model.named_parameters())}
-    wanted = {id(p) for p in model.parameters() if include_frozen or p.requires_grad}
+    wanted = {
+        id(p) for n, p in model.named_parameters()
+        if (include_frozen or p.requires_grad) and "original_module" not in n.split(".")
+    }
     grouped = [id(p) for params in groups.values() for p in params]
     assert len(grouped) == len(set(grouped))
     assert set(grouped) == wanted
@@ -329,11 +333,55 @@ def test_bert_lora_modules_to_save_head():
 
     frozen = group_parameters(model, include_frozen=True)
     check_expected(model, frozen, {
-        "base_model.model.classifier.original_module.weight": "head",
-        "base_model.model.classifier.original_module.bias": "head",
+        "base_model.model.classifier.original_module.weight": None,  # in no group
+        "base_model.model.classifier.original_module.bias": None,
         "base_model.model.bert.pooler.dense.bias": "bias",
     })
+    assert names_in(model, frozen["head"]) == names_in(model, groups["head"])
     check_partition(model, frozen, include_frozen=True)
+
+
+def minilm_seq_cls():
+    # MiniLM's width (384) and a 12-class head, one small layer: the issue's setup.
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=384, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=16, num_labels=12,
+    )
+    model = transformers.BertForSequenceClassification(config)
+    return get_peft_model(
+        model, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"])
+    )
+
+
+def test_seq_cls_head_is_counted_once():
+    model = minilm_seq_cls()
+    copy = "base_model.model.classifier.modules_to_save.default."
+    expected = [copy + "weight", copy + "bias"]
+    for include_frozen in (False, True):
+        groups = group_parameters(model, include_frozen=include_frozen)
+        assert names_in(model, groups["head"]) == expected
+        assert sum(p.numel() for p in groups["head"]) == 384 * 12 + 12 == 4_620
+        check_partition(model, groups, include_frozen=include_frozen)
+    # Everything made trainable (as in the issue): the original is still not a group.
+    for p in model.parameters():
+        p.requires_grad_(True)
+    groups = group_parameters(model, granularity="block")
+    assert names_in(model, groups["head"]) == expected
+    check_partition(model, groups)
+
+
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")
+def test_modules_to_save_original_tied_elsewhere_stays_grouped():
+    # A tensor of the original that another module also owns (a tied head) keeps that
+    # module's group: only tensors reachable solely through original_module are dropped.
+    model = get_peft_model(gpt2(), LoraConfig(
+        r=4, target_modules=["c_attn"], fan_in_fan_out=True, modules_to_save=["lm_head"],
+    ))
+    groups = group_parameters(model, include_frozen=True)
+    wte = model.base_model.model.transformer.wte.weight
+    assert sum(p is wte for p in groups["embed"]) == 1
+    head = model.base_model.model.lm_head
+    assert [id(p) for p in groups["head"]] == [id(head.modules_to_save["default"].weight)]
 
 
 def test_roberta_lora_modules_to_save_head():

@@ -43,15 +43,17 @@ def run(model, opt, holder, xs):
         opt.zero_grad()
 
 
-def brute_force(appi, numel, budget):
-    """Best APPI·n over all subsets within budget; ties to fewer parameters."""
+def brute_force(appi, numel, budget, requires=None):
+    """Best APPI·n over all subsets within budget that hold what each member requires; ties to
+    fewer parameters."""
+    requires = requires or {}
     names = list(appi)
     total = sum(numel.values())
     best = (-1.0, 0, ())
     for r in range(len(names) + 1):
         for subset in itertools.combinations(names, r):
             weight = sum(numel[n] for n in subset)
-            if weight / total > budget:
+            if weight / total > budget or any(r not in subset for n in subset for r in requires.get(n, ())):
                 continue
             value = sum(appi[n] * numel[n] for n in subset if appi[n] > 0)
             if value > best[0] * (1 + 1e-12) or (abs(value - best[0]) <= 1e-12 * max(value, 1e-300) and weight < best[1]):
@@ -88,7 +90,9 @@ def test_warmup_probes_every_group_and_accumulates_the_ppi_of_valued_probes(warm
 @pytest.mark.parametrize("budget", [0.001, 0.01, 0.05, 0.2, 0.5, 1.0])
 def test_exact_matches_brute_force_on_a_real_warmup(warmed, budget):
     _, opt = warmed
-    value, weight, subset = brute_force(opt.appi, opt.numel, budget)
+    # lora_B starts at zero: lora_A is only worth something with it.
+    assert opt.requires == {"lora_A": ("lora_B",)}
+    value, weight, subset = brute_force(opt.appi, opt.numel, budget, opt.requires)
     sel = opt.select(budget, method="exact")
     assert sel.num_selected == weight
     assert set(sel.groups) == set(subset)
@@ -97,17 +101,26 @@ def test_exact_matches_brute_force_on_a_real_warmup(warmed, budget):
 
 
 @pytest.mark.parametrize("budget", [0.001, 0.01, 0.05, 0.2, 0.5, 1.0])
-def test_greedy_is_the_largest_fitting_appi_prefix_on_a_real_warmup(warmed, budget):
+def test_greedy_walks_the_appi_order_on_a_real_warmup(warmed, budget):
+    # Greedy takes every group, by APPI, that still fits and goes on past one that does not
+    # (issue 11: at 5% the largest group first blocked norm + bias); "prefix" is the paper's
+    # nested-prefix reading and stops there.
     _, opt = warmed
     appi, numel = opt.appi, opt.numel
-    order = sorted(appi, key=lambda n: -appi[n])
+    order = [n for n in sorted(appi, key=lambda n: -appi[n]) if appi[n] > 0]
     total = sum(numel.values())
-    prefix = []
+    taken, prefix = [], None
     for n in order:
-        if sum(numel[m] for m in prefix + [n]) / total > budget:
-            break
-        prefix.append(n)
-    assert list(opt.select(budget).groups) == prefix
+        if n in taken:
+            continue
+        item = [n] + [r for r in opt.requires.get(n, ()) if r not in taken]  # lora_A brings lora_B
+        if sum(numel[m] for m in taken + item) / total <= budget:
+            taken += item
+        elif prefix is None:
+            prefix = list(taken)
+    assert list(opt.select(budget).groups) == taken
+    prefix = taken if prefix is None else prefix
+    assert list(opt.select(budget, method="prefix").groups) == prefix
 
 
 def state_bytes(opt):
@@ -188,7 +201,7 @@ def test_select_after_switches_with_the_selection_of_that_moment():
     run(model, opt, holder, xs[:5])
     assert opt.masked is None
     run(model, opt, holder, xs[5:6])
-    expected = select_groups(opt.appi, opt.numel, 0.3)
+    expected = select_groups(opt.appi, opt.numel, 0.3, requires=opt.requires)
     assert opt.masked is not None
     assert set(opt.masked) == set(expected.groups)
     assert opt.selection == expected
@@ -257,5 +270,5 @@ def test_mask_at_budget_postpones_before_any_accepted_probe_then_switches():
     assert opt.masked is None
     run(model, opt, holder, batches(3))
     selection = opt.mask_at_budget(0.3)
-    assert selection == select_groups(opt.appi, opt.numel, 0.3)
+    assert selection == select_groups(opt.appi, opt.numel, 0.3, requires=opt.requires)
     assert opt.masked == tuple(n for n in opt.names if n in selection.groups)

@@ -6,6 +6,8 @@ import itertools
 import json
 import math
 import os
+import re
+import warnings
 from fractions import Fraction
 
 import peft
@@ -18,14 +20,17 @@ from hypothesis import strategies as st
 import adapeft_optim.selection as selection_module
 from adapeft_optim.grouping import group_parameters
 from adapeft_optim.selection import (
+    EmptySelectionWarning,
     FrontierPoint,
     Selection,
     apply_selection,
     greedy_order,
+    group_dependencies,
     load_selected,
     pareto_frontier,
     save_selected,
     select_groups,
+    transfer_selection,
 )
 
 pytestmark = pytest.mark.filterwarnings(
@@ -37,13 +42,18 @@ pytestmark = pytest.mark.filterwarnings(
 NAMES = ("lora_A", "lora_B", "head", "norm", "bias", "embed", "others", "extra")
 
 
+def positive(a):
+    return a > 0 and math.isfinite(a)
+
+
 def rank_order(appi, numel):
-    """The documented greedy order: APPI descending, then fewer parameters, then name."""
-    return sorted(appi, key=lambda g: (-appi[g], numel[g], g))
+    """The documented greedy order: APPI descending, then fewer parameters, then name;
+    groups never selected for their own sake (APPI not positive and finite) last."""
+    return sorted(appi, key=lambda g: (not positive(appi[g]), -appi[g], numel[g], g))
 
 
 def eligible(appi, numel):
-    return [g for g in rank_order(appi, numel) if appi[g] > 0 and math.isfinite(appi[g])]
+    return [g for g in rank_order(appi, numel) if positive(appi[g])]
 
 
 def exact_value(appi, numel, subset):
@@ -55,38 +65,76 @@ def all_subsets(names):
         yield from itertools.combinations(names, r)
 
 
+def closure(g, requires):
+    seen, todo = {g}, [g]
+    while todo:
+        for h in requires.get(todo.pop(), ()):
+            if h not in seen:
+                seen.add(h)
+                todo.append(h)
+    return seen
+
+
+def is_closed(subset, requires):
+    return all(h in subset for g in subset for h in requires.get(g, ()))
+
+
+def candidate_sets(appi, requires):
+    """Every subset of finite-APPI groups that holds all its groups require."""
+    finite = [g for g in appi if math.isfinite(appi[g])]
+    return [set(s) for s in all_subsets(finite) if is_closed(set(s), requires)]
+
+
 def canonical(subsets, order):
     """Among exact ties, the subset holding the earliest groups in greedy order."""
     return min(subsets, key=lambda s: sorted(order.index(g) for g in s))
 
 
-def reference_exact(appi, numel, budget):
+def weight(numel, subset):
+    return sum(numel[g] for g in subset)
+
+
+def reference_exact(appi, numel, budget, requires=None):
+    requires = requires or {}
     total = sum(numel.values())
-    names = eligible(appi, numel)
-    feasible = [s for s in all_subsets(names) if sum(numel[g] for g in s) / total <= budget]
+    order = rank_order(appi, numel)
+    feasible = [s for s in candidate_sets(appi, requires) if weight(numel, s) / total <= budget]
     best = max(exact_value(appi, numel, s) for s in feasible)
     ties = [s for s in feasible if exact_value(appi, numel, s) == best]
-    fewest = min(sum(numel[g] for g in s) for s in ties)
-    ties = [s for s in ties if sum(numel[g] for g in s) == fewest]
-    chosen = canonical(ties, names)
-    return tuple(sorted(chosen, key=names.index))
+    fewest = min(weight(numel, s) for s in ties)
+    chosen = canonical([s for s in ties if weight(numel, s) == fewest], order)
+    return tuple(sorted(chosen, key=order.index))
 
 
-def reference_greedy(appi, numel, budget):
+def reference_walk(appi, numel, budget, requires=None, stop=False):
+    """The greedy walk as documented: by APPI, each group with what it requires as one
+    item if it fits (and predicts a loss reduction); skip (or stop) otherwise."""
+    requires = requires or {}
     total = sum(numel.values())
-    prefix = []
+    order = rank_order(appi, numel)
+    taken = set()
     for g in eligible(appi, numel):
-        if sum(numel[h] for h in prefix + [g]) / total > budget:
-            break
-        prefix.append(g)
-    return tuple(prefix)
+        needed = closure(g, requires)
+        if g in taken or not all(math.isfinite(appi[h]) for h in needed):
+            continue
+        item = needed - taken
+        if exact_value(appi, numel, item) <= 0:
+            continue
+        if weight(numel, taken | item) / total > budget:
+            if stop:
+                break
+            continue
+        taken |= item
+    return tuple(sorted(taken, key=order.index))
 
 
-def reference_frontier(appi, numel):
+def reference_frontier(appi, numel, requires=None):
+    requires = requires or {}
     total = sum(numel.values())
-    names = eligible(appi, numel)
+    order = rank_order(appi, numel)
     scored = [
-        (sum(numel[g] for g in s), exact_value(appi, numel, s), s) for s in all_subsets(names)
+        (weight(numel, s), exact_value(appi, numel, s), s)
+        for s in candidate_sets(appi, requires)
     ]
     front = [
         (w, v, s)
@@ -97,7 +145,7 @@ def reference_frontier(appi, numel):
     for w, v, s in front:
         points.setdefault((w, v), []).append(s)
     return [
-        FrontierPoint(w / total, float(v), tuple(sorted(canonical(ss, names), key=names.index)))
+        FrontierPoint(w / total, float(v), tuple(sorted(canonical(ss, order), key=order.index)))
         for (w, v), ss in sorted(points.items())
     ]
 
@@ -120,23 +168,69 @@ def tables(draw, min_groups=1, max_groups=8):
 
 
 @st.composite
-def tables_and_budgets(draw):
-    appi, numel = draw(tables())
+def budgets(draw, numel):
     total = sum(numel.values())
     # Budgets exactly at a subset's fraction probe the boundary of the capacity test.
     subset = draw(st.lists(st.sampled_from(list(numel)), unique=True))
-    budget = draw(
+    return draw(
         st.one_of(
             st.floats(0.0, 1.0),
             st.just(sum(numel[g] for g in subset) / total),
             st.sampled_from([0.0, 1.0]),
         )
     )
-    return appi, numel, budget
+
+
+@st.composite
+def tables_and_budgets(draw):
+    appi, numel = draw(tables())
+    return appi, numel, draw(budgets(numel))
+
+
+@st.composite
+def requirements(draw, names):
+    """Random dependencies between the groups, chains and cycles included."""
+    requires = {}
+    for g in names:
+        needed = draw(st.lists(st.sampled_from(list(names)), max_size=2, unique=True))
+        if needed:
+            requires[g] = tuple(needed)
+    return requires
+
+
+# Negative and infinite APPI appear only through dependencies' edge cases.
+signed_appi = st.one_of(appi_values, st.sampled_from([-1.0, -0.5, math.inf]))
+
+
+@st.composite
+def dependent_cases(draw):
+    k = draw(st.integers(1, 7))
+    names = draw(st.permutations(NAMES))[:k]
+    appi = {g: draw(signed_appi) for g in names}
+    numel = {g: draw(numel_values) for g in names}
+    return appi, numel, draw(budgets(numel)), draw(requirements(names))
 
 
 def has_positive(appi):
-    return any(a > 0 for a in appi.values())
+    return any(positive(a) for a in appi.values())
+
+
+def selectable_exact(appi, numel, requires):
+    return any(exact_value(appi, numel, s) > 0 for s in candidate_sets(appi, requires))
+
+
+def selectable_walk(appi, numel, requires):
+    return bool(reference_walk(appi, numel, 1.0, requires))
+
+
+def select_quietly(*args, **kwargs):
+    """select_groups, asserting the warning exactly when the selection is empty."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sel = select_groups(*args, **kwargs)
+    empty = [w for w in caught if issubclass(w.category, EmptySelectionWarning)]
+    assert len(empty) == (not sel.groups), [str(w.message) for w in caught]
+    return sel
 
 
 # -- selection properties ------------------------------------------------------------------------
@@ -144,16 +238,38 @@ def has_positive(appi):
 
 @settings(deadline=None)
 @given(tables_and_budgets())
-def test_greedy_is_largest_fitting_prefix(case):
+def test_greedy_walk_skips_what_does_not_fit(case):
     appi, numel, budget = case
     if not has_positive(appi):
         with pytest.raises(ValueError, match="all APPI values are zero"):
             select_groups(appi, numel, budget)
         return
-    sel = select_groups(appi, numel, budget)
-    assert sel.groups == reference_greedy(appi, numel, budget)
+    sel = select_quietly(appi, numel, budget)
+    assert sel.groups == reference_walk(appi, numel, budget)
     assert sel.fraction <= budget
     assert sel.method == "greedy" and sel.budget == budget
+    # Nothing left out would still fit.
+    total = sum(numel.values())
+    for g in eligible(appi, numel):
+        assert g in sel.groups or (sel.num_selected + numel[g]) / total > budget
+
+
+@settings(deadline=None)
+@given(tables_and_budgets())
+def test_prefix_is_largest_fitting_prefix(case):
+    appi, numel, budget = case
+    if not has_positive(appi):
+        with pytest.raises(ValueError, match="all APPI values are zero"):
+            select_groups(appi, numel, budget, method="prefix")
+        return
+    total = sum(numel.values())
+    names = eligible(appi, numel)
+    fitting = [k for k in range(len(names) + 1) if weight(numel, names[:k]) / total <= budget]
+    sel = select_quietly(appi, numel, budget, method="prefix")
+    assert sel.groups == tuple(names[: max(fitting)])
+    assert sel.method == "prefix"
+    greedy = select_quietly(appi, numel, budget)
+    assert set(sel.groups) <= set(greedy.groups)
 
 
 @settings(deadline=None)
@@ -164,12 +280,86 @@ def test_exact_matches_brute_force_and_beats_greedy(case):
         with pytest.raises(ValueError, match="all APPI values are zero"):
             select_groups(appi, numel, budget, method="exact")
         return
-    exact = select_groups(appi, numel, budget, method="exact")
-    greedy = select_groups(appi, numel, budget, method="greedy")
+    exact = select_quietly(appi, numel, budget, method="exact")
+    greedy = select_quietly(appi, numel, budget, method="greedy")
     assert exact.groups == reference_exact(appi, numel, budget)
     assert exact_value(appi, numel, exact.groups) >= exact_value(appi, numel, greedy.groups)
     assert exact.fraction <= budget
     assert exact.value == float(exact_value(appi, numel, exact.groups))
+
+
+@settings(deadline=None, max_examples=200)
+@given(dependent_cases(), st.sampled_from(["greedy", "prefix", "exact"]))
+def test_dependencies_match_brute_force(case, method):
+    appi, numel, budget, requires = case
+    if not has_positive(appi):
+        with pytest.raises(ValueError, match="all APPI values are zero"):
+            select_groups(appi, numel, budget, method, requires=requires)
+        return
+    can = (
+        selectable_exact(appi, numel, requires)
+        if method == "exact"
+        else selectable_walk(appi, numel, requires)
+    )
+    if not can:
+        with pytest.raises(ValueError, match="no group can be selected at any budget"):
+            select_groups(appi, numel, budget, method, requires=requires)
+        return
+    sel = select_quietly(appi, numel, budget, method, requires=requires)
+    if method == "exact":
+        assert sel.groups == reference_exact(appi, numel, budget, requires)
+        walk = reference_walk(appi, numel, budget, requires)
+        assert exact_value(appi, numel, sel.groups) >= exact_value(appi, numel, walk)
+    else:
+        assert sel.groups == reference_walk(appi, numel, budget, requires, stop=method == "prefix")
+    assert is_closed(set(sel.groups), requires)
+    assert sel.fraction <= budget
+    assert sel.requires == {g: tuple(h for h in r if h != g) for g, r in requires.items()
+                            if any(h != g for h in r)}
+
+
+@settings(deadline=None, max_examples=200)
+@given(dependent_cases())
+def test_frontiers_with_dependencies(case):
+    appi, numel, _, requires = case
+    exact = pareto_frontier(appi, numel, "exact", requires=requires)
+    assert exact == reference_frontier(appi, numel, requires)
+    greedy = pareto_frontier(appi, numel, requires=requires)
+    assert pareto_frontier(appi, numel, "prefix", requires=requires) == greedy
+    assert greedy[0] == FrontierPoint(0.0, 0.0, ())
+    for points, method in ((exact, "exact"), (greedy, "greedy"), (greedy, "prefix")):
+        for point in points[1:]:
+            assert is_closed(set(point.groups), requires)
+            sel = select_groups(appi, numel, point.fraction, method, requires=requires)
+            assert sel.groups == point.groups
+    # Greedy points are nested and grow in both size and (exact) value.
+    for a, b in zip(greedy, greedy[1:]):
+        assert set(a.groups) < set(b.groups) and a.fraction < b.fraction
+        assert exact_value(appi, numel, a.groups) < exact_value(appi, numel, b.groups)
+
+
+@settings(deadline=None, max_examples=200)
+@given(dependent_cases(), st.sampled_from(["greedy", "prefix", "exact"]))
+def test_empty_selection_warns_with_the_smallest_budget(case, method):
+    appi, numel, budget, requires = case
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sel = select_groups(appi, numel, budget, method, requires=requires)
+    except ValueError:
+        return  # nothing measured or nothing selectable: covered above
+    if sel.groups:
+        assert not any(issubclass(w.category, EmptySelectionWarning) for w in caught)
+        return
+    (warning,) = [w for w in caught if issubclass(w.category, EmptySelectionWarning)]
+    message = str(warning.message)
+    assert message in sel.notes
+    found = re.search(r"smallest budget that selects something is (\S+) \((\S+): ", message)
+    smallest, groups = float(found[1]), tuple(found[2].split("+"))
+    # The named budget selects the named groups, and no smaller budget selects anything.
+    assert select_quietly(appi, numel, smallest, method, requires=requires).groups == groups
+    below = math.nextafter(smallest, 0.0)
+    assert select_quietly(appi, numel, below, method, requires=requires).groups == ()
 
 
 @settings(deadline=None)
@@ -201,6 +391,7 @@ def test_greedy_frontier_is_nested_prefixes(table):
     assert values == sorted(values)
     for point in frontier[1:]:
         assert select_groups(appi, numel, point.fraction).groups == point.groups
+        assert select_groups(appi, numel, point.fraction, "prefix").groups == point.groups
 
 
 @settings(deadline=None)
@@ -223,6 +414,63 @@ def test_greedy_is_suboptimal_on_classic_counterexample():
     ]
 
 
+def test_greedy_skips_a_group_that_does_not_fit_and_goes_on():
+    # Issue 11 (b): the best group is too large for 10%; norm + bias fit. The paper's
+    # nested-prefix reading stops at once, with a warning naming the budget it needs.
+    appi = {"embed": 3.0, "norm": 1.0, "bias": 0.5}
+    numel = {"embed": 90, "norm": 4, "bias": 6}
+    assert select_groups(appi, numel, 0.1).groups == ("norm", "bias")
+    with pytest.warns(
+        EmptySelectionWarning,
+        match=r"no group fits budget=0\.1 \(method='prefix'\), so the selection is empty; the "
+        r"smallest budget that selects something is 0\.9 \(embed: 90 of 100 parameters\)",
+    ):
+        assert select_groups(appi, numel, 0.1, "prefix").groups == ()
+    with pytest.warns(EmptySelectionWarning, match=r"is 0\.04 \(norm: 4 of 100 parameters\)"):
+        assert select_groups(appi, numel, 0.03).groups == ()
+
+
+def test_lora_a_is_selected_only_with_its_zero_partner():
+    # Issue 11 (a): lora_A ranks first, but with lora_B at zero it cannot learn alone.
+    model = gpt2()
+    groups = group_parameters(model)
+    numel = {g: sum(p.numel() for p in ps) for g, ps in groups.items()}
+    requires = group_dependencies(groups)
+    assert requires == {"lora_A": ("lora_B",)}
+    appi = {"lora_A": 5.0, "lora_B": 1.0}
+    only_a = numel["lora_A"] / sum(numel.values())
+    assert select_groups(appi, numel, only_a).groups == ("lora_A",)  # without requires
+    total = sum(numel.values())
+    assert numel["lora_A"] < numel["lora_B"]  # GPT-2's c_attn: 64 in, 192 out
+    # lora_B alone is the lightest useful set; the walk in APPI order meets A + B first.
+    smallest = {"greedy": "lora_B", "exact": "lora_B", "prefix": "lora_A+lora_B"}
+    for method in ("greedy", "prefix", "exact"):
+        fits = smallest[method]
+        budget = sum(numel[g] for g in fits.split("+")) / total
+        with pytest.warns(EmptySelectionWarning, match=rf"is {budget!r} \({re.escape(fits)}: "):
+            sel = select_groups(appi, numel, only_a, method, requires=requires)
+        assert sel.groups == ()
+        sel = select_groups(appi, numel, 1.0, method, requires=requires)
+        assert sel.groups == ("lora_A", "lora_B") and sel.requires == requires
+        assert "'lora_A' is selected together with ['lora_B']" in " ".join(sel.notes)
+
+
+def test_a_required_group_of_negative_value_counts():
+    appi = {"a": 2.0, "b": -1.0, "c": 0.5}
+    numel = {"a": 1, "b": 1, "c": 1}
+    requires = {"a": ["b"]}
+    # {a, b} is worth 1.0, more than c; all three are worth 1.5.
+    assert select_groups(appi, numel, 2 / 3, requires=requires).groups == ("a", "b")
+    assert select_groups(appi, numel, 2 / 3, "exact", requires=requires).groups == ("a", "b")
+    assert select_groups(appi, numel, 1.0, requires=requires).groups == ("a", "c", "b")
+    # Dragging along a group of larger negative value is never worth it.
+    appi["b"] = -3.0
+    for method in ("greedy", "exact"):
+        assert select_groups(appi, numel, 1.0, method, requires=requires).groups == ("c",)
+    with pytest.raises(ValueError, match=r"no group can be selected at any budget"):
+        select_groups({"a": 2.0, "b": math.inf}, {"a": 1, "b": 1}, 1.0, requires=requires)
+
+
 def test_exact_prefers_fewer_parameters_among_equal_values():
     # Eq. (4): {small} and {large} both predict 4.0; only one fits; the refined answer is
     # the smaller one, whatever the order of the table.
@@ -242,9 +490,11 @@ def test_ties_break_by_size_then_name():
 def test_budget_boundaries():
     appi = {"a": 3.0, "b": 2.0, "c": 1.0, "zero": 0.0}
     numel = {"a": 1, "b": 2, "c": 3, "zero": 4}
-    assert select_groups(appi, numel, 0.0).groups == ()
+    with pytest.warns(EmptySelectionWarning, match=r"smallest budget .* is 0\.1 \(a: 1 of 10"):
+        assert select_groups(appi, numel, 0.0).groups == ()
     assert select_groups(appi, numel, 0.3).groups == ("a", "b")  # exactly 3 / 10
     assert select_groups(appi, numel, 0.29999).groups == ("a",)
+    assert select_groups(appi, numel, 0.29999, "prefix").groups == ("a",)
     # The zero-APPI group stays out even when everything fits.
     assert select_groups(appi, numel, 1.0).groups == ("a", "b", "c")
     assert select_groups(appi, numel, 1.0, method="exact").groups == ("a", "b", "c")
@@ -253,7 +503,7 @@ def test_budget_boundaries():
 def test_non_positive_and_infinite_appi_are_never_selected():
     appi = {"pos": 1.0, "neg": -5.0, "inf": math.inf, "ninf": -math.inf, "zero": 0.0}
     numel = dict.fromkeys(appi, 1)
-    for method in ("greedy", "exact"):
+    for method in ("greedy", "prefix", "exact"):
         assert select_groups(appi, numel, 1.0, method=method).groups == ("pos",)
     # Unselectable groups go last, still by APPI descending.
     assert greedy_order(appi, numel) == ["pos", "inf", "zero", "neg", "ninf"]
@@ -262,9 +512,23 @@ def test_non_positive_and_infinite_appi_are_never_selected():
 
 def test_frontier_of_table_without_positive_appi_is_empty_set():
     appi, numel = {"a": 0.0, "b": 0.0}, {"a": 1, "b": 2}
-    for method in ("greedy", "exact"):
+    for method in ("greedy", "prefix", "exact"):
         assert pareto_frontier(appi, numel, method) == [FrontierPoint(0.0, 0.0, ())]
     assert greedy_order(appi, numel) == ["a", "b"]
+
+
+def test_unprobed_groups_are_flagged():
+    appi = {"norm": 2.0, "lora_A": 0.0, "head": 0.0, "bias": -1.0}
+    numel = {"norm": 10, "lora_A": 20, "head": 30, "bias": 40}
+    sel = select_groups(appi, numel, 1.0)
+    assert sel.unprobed == ("lora_A", "head")
+    assert "unprobed=['lora_A', 'head']" in repr(sel)
+    assert sel.notes[0] == (
+        "APPI 0 (no accepted probe) for ['lora_A', 'head']: never selected for their own "
+        "sake; run more steps (or lower r2_min) to measure them"
+    )
+    with pytest.warns(EmptySelectionWarning, match=r"not considered: \['lora_A', 'head'\]"):
+        select_groups(appi, numel, 0.05)
 
 
 def test_exact_with_many_groups_is_optimal_among_neighbours():
@@ -291,6 +555,23 @@ def test_exact_with_many_groups_is_optimal_among_neighbours():
                 assert swapped <= exact_value(appi, numel, exact.groups)
 
 
+def test_exact_at_block_granularity_with_lora_pairs():
+    # 12 blocks x (lora_A@i requires lora_B@i): 24 linked groups in 12 pairs, checked
+    # against the closed form: per block, the best of {}, {B}, {A, B} by value.
+    appi, numel, requires = {}, {}, {}
+    for i in range(12):
+        appi[f"lora_A@{i}"], appi[f"lora_B@{i}"] = float(i + 1), 0.5
+        numel[f"lora_A@{i}"], numel[f"lora_B@{i}"] = 10, 10
+        requires[f"lora_A@{i}"] = (f"lora_B@{i}",)
+    sel = select_groups(appi, numel, 1.0, "exact", requires=requires)
+    assert set(sel.groups) == set(numel)
+    # Room for 3 pairs: the three most valuable blocks, A and B together.
+    sel = select_groups(appi, numel, 60 / 240, "exact", requires=requires)
+    assert set(sel.groups) == {f"lora_{f}@{i}" for f in "AB" for i in (9, 10, 11)}
+    greedy = select_groups(appi, numel, 60 / 240, requires=requires)
+    assert greedy.groups == sel.groups
+
+
 # -- input errors --------------------------------------------------------------------------------
 
 APPI = {"a": 1.0, "b": 2.0}
@@ -305,7 +586,15 @@ NUMEL = {"a": 10, "b": 20}
         (dict(budget=math.nan), ValueError, r"Invalid budget: nan"),
         (dict(budget="0.1"), TypeError, r"budget must be a number in \[0, 1\].*str '0\.1'"),
         (dict(budget=None), TypeError, r"budget must be a number.*NoneType"),
-        (dict(method="dp"), ValueError, r"Unknown method 'dp'; use one of 'greedy', 'exact'"),
+        (dict(method="dp"), ValueError,
+         r"Unknown method 'dp'; use one of 'greedy', 'prefix', 'exact'"),
+        (dict(requires="b"), TypeError, r"requires must be a mapping group name -> names"),
+        (dict(requires={"a": "b"}), TypeError,
+         r"requires\['a'\] must be a sequence of group names, got str 'b'; write \('b',\) "
+         r"for one group"),
+        (dict(requires={"a": ["zz"]}), ValueError,
+         r"requires names group\(s\) \['zz'\] that are not candidate groups \['a', 'b'\]"),
+        (dict(requires={"a": [1]}), TypeError, r"group names in requires must be str"),
         (dict(appi={"a": 1.0}), ValueError,
          r"appi and numel must have the same group names; only in appi: \[\], "
          r"only in numel: \['b'\]"),
@@ -375,21 +664,54 @@ def test_selection_fields_and_properties():
 def test_selection_repr():
     assert repr(make_selection()) == (
         "Selection(groups=['norm', 'head'], 1,482 params = 1.23% of 120,456, "
-        "method='greedy', budget=0.02)"
+        "method='greedy', budget=0.02, unprobed=['bias'])"
     )
 
 
 @settings(deadline=None)
-@given(tables_and_budgets(), st.sampled_from(["greedy", "exact"]))
+@given(dependent_cases(), st.sampled_from(["greedy", "prefix", "exact"]))
 def test_selection_json_round_trip(case, method):
-    appi, numel, budget = case
+    appi, numel, budget, requires = case
     if not has_positive(appi):
         return
-    sel = select_groups(appi, numel, budget, method=method)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EmptySelectionWarning)
+            sel = select_groups(appi, numel, budget, method=method, requires=requires)
+    except ValueError:
+        return  # nothing selectable at any budget
+    sel = sel.with_lora({"target_modules": ["q", "v"], "r": 8, "lora_alpha": 16.0})
     back = Selection.from_json(sel.to_json())
     assert back == sel
     assert all(back.appi[g].hex() == sel.appi[g].hex() for g in appi)
     assert list(back.numel) == list(sel.numel) and back.groups == sel.groups
+    assert back.requires == sel.requires and back.lora == sel.lora
+
+
+def test_selection_json_without_requires_and_lora_reads_as_none():
+    # A file written before dependencies and LoRA settings were recorded.
+    old = {k: v for k, v in json.loads(make_selection().to_json()).items()
+           if k not in ("requires", "lora")}
+    back = Selection.from_json(json.dumps(old))
+    assert back == make_selection() and back.requires == {} and back.lora is None
+
+
+def test_selection_checks_its_dependencies():
+    numel = {"lora_A": 4, "lora_B": 12, "norm": 4}
+    requires = {"lora_A": ["lora_B"]}
+    with pytest.raises(
+        ValueError,
+        match=r"selected group 'lora_A' cannot learn without \['lora_B'\] \(requires\), which "
+        r"are not selected; select them too or leave 'lora_A' out",
+    ):
+        Selection.from_groups(["lora_A", "norm"], numel, requires=requires)
+    sel = Selection.from_groups(["lora_B", "lora_A"], numel, requires=requires)
+    assert sel.requires == {"lora_A": ("lora_B",)} and sel.method == "manual"
+    assert sel.notes == (
+        "APPI 0 (no accepted probe) for ['lora_A', 'lora_B', 'norm']: never selected for "
+        "their own sake; run more steps (or lower r2_min) to measure them",
+        "'lora_A' is selected together with ['lora_B']: it cannot learn without them",
+    )
 
 
 def test_selection_save_and_load(tmp_path):
@@ -438,6 +760,15 @@ GOOD = json.loads(make_selection().to_json())
         (json.dumps({**GOOD, "method": "random"}), r"Unknown method 'random'"),
         (json.dumps({**GOOD, "budget": 2}), r"Invalid budget: 2"),
         (json.dumps({**GOOD, "budget": 0.001}), r"more than the budget 0\.001"),
+        (json.dumps({**GOOD, "requires": {"head": "bias"}}),
+         r"'requires' must map group names to lists of names"),
+        (json.dumps({**GOOD, "requires": {"head": ["bias"]}}),
+         r"selected group 'head' cannot learn without \['bias'\]"),
+        (json.dumps({**GOOD, "requires": {"head": ["lora_B"]}}),
+         r"requires names group\(s\) \['lora_B'\] that are not candidate groups"),
+        (json.dumps({**GOOD, "lora": ["q"]}), r"lora must be a dict of LoraConfig settings"),
+        (json.dumps({**GOOD, "lora": {"bias": "all"}}),
+         r"lora settings must not hold \['bias'\]: to_peft_config derives them"),
     ],
 )
 def test_selection_from_json_errors(text, match):
@@ -580,6 +911,308 @@ def test_apply_selection_errors(selection, kwargs, error, match):
     with pytest.raises(error, match=match):
         apply_selection(model, selection, **kwargs)
     assert [p.requires_grad for p in model.parameters()] == before
+
+
+def bert_cls(hidden=32, labels=3, seed=0):
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=labels,
+    )
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def seq_cls_lora(model):
+    config = peft.LoraConfig(
+        task_type="SEQ_CLS", r=4, lora_alpha=16, lora_dropout=0.05,
+        target_modules=["query", "value"],
+    )
+    return peft.get_peft_model(model, config)
+
+
+def test_apply_selection_never_trains_the_seq_cls_original_head():
+    # Issue 11 (c): peft keeps the classifier twice; the frozen original stays frozen even
+    # when everything was made trainable before.
+    model = seq_cls_lora(bert_cls())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    apply_selection(model, ["lora_A", "lora_B", "head"])
+    assert trainable_names(model) == names_with_segments(
+        model, {"lora_A", "lora_B", "modules_to_save"}
+    )
+    assert not names_with_segments(model, {"original_module"}) & trainable_names(model)
+
+
+# -- dependencies --------------------------------------------------------------------------------
+
+
+def group_gradients_are_zero(model, groups):
+    """Independent expectation: the groups whose whole gradient is exactly zero."""
+    model.zero_grad(set_to_none=True)
+    model(input_ids=batch(), labels=batch()).loss.backward()
+    return {
+        g for g, ps in groups.items() if all(p.grad is None or not p.grad.any() for p in ps)
+    }
+
+
+def lora_tensors(model, factor, block=None):
+    return [
+        p for n, p in model.named_parameters()
+        if factor in n.split(".") and (block is None or f"h.{block}" in n)
+    ]
+
+
+def fill(tensors, value=None, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in tensors:
+            t.copy_(torch.randn(t.shape, generator=gen) if value is None else
+                    torch.full_like(t, value))
+
+
+@pytest.mark.parametrize(
+    "setup, expected_type, expected_block",
+    [
+        # peft's init: B = 0, so A's gradient is zero.
+        ("fresh", {"lora_A": ("lora_B",)},
+         {"lora_A@0": ("lora_B@0",), "lora_A@1": ("lora_B@1",)}),
+        # B of block 1 moved: A@1 learns; at type level lora_B is no longer all zero.
+        ("B1 moved", {}, {"lora_A@0": ("lora_B@0",)}),
+        # B moved everywhere, A zero: now B needs A.
+        ("A zero", {"lora_B": ("lora_A",)},
+         {"lora_B@0": ("lora_A@0",), "lora_B@1": ("lora_A@1",)}),
+        # Both zero: neither learns; they are selected together.
+        ("both zero", {"lora_A": ("lora_B",), "lora_B": ("lora_A",)},
+         {f"lora_{x}@{i}": (f"lora_{y}@{i}",) for i in (0, 1) for x, y in ("AB", "BA")}),
+    ],
+)
+def test_group_dependencies_match_zero_gradients(setup, expected_type, expected_block):
+    model = gpt2()
+    if setup == "B1 moved":
+        fill(lora_tensors(model, "lora_B", block=1))
+    elif setup == "A zero":
+        fill(lora_tensors(model, "lora_B"))
+        fill(lora_tensors(model, "lora_A"), 0.0)
+    elif setup == "both zero":
+        fill(lora_tensors(model, "lora_A"), 0.0)
+    for granularity, expected in (("type", expected_type), ("block", expected_block)):
+        groups = group_parameters(model, granularity=granularity)
+        requires = group_dependencies(groups)
+        assert requires == expected
+        assert set(requires) == group_gradients_are_zero(model, groups)
+
+
+def test_group_dependencies_of_embedding_lora():
+    # peft initialises lora_embedding_A to zero (and B randomly): the reverse dependency.
+    torch.manual_seed(0)
+    base = gpt2(lora=False)
+    model = peft.get_peft_model(base, peft.LoraConfig(target_modules=["wpe"], r=4))
+    groups = group_parameters(model)
+    assert group_dependencies(groups) == {"lora_B": ("lora_A",)}
+    assert group_gradients_are_zero(model, groups) == {"lora_B"}
+    assert group_dependencies(group_parameters(gpt2(lora=False))) == {}
+
+
+def test_group_dependencies_errors():
+    with pytest.raises(TypeError, match=r"expects a mapping group name -> parameters"):
+        group_dependencies([torch.zeros(2)])
+    with pytest.raises(TypeError, match=r"groups\['a'\] holds a float, not a tensor"):
+        group_dependencies({"a": [1.0]})
+    with pytest.raises(TypeError, match=r"groups\['a'\] must be a list of tensors"):
+        group_dependencies({"a": torch.zeros(2)})
+
+
+# -- transfer ------------------------------------------------------------------------------------
+
+
+@settings(deadline=None)
+@given(dependent_cases(), st.sampled_from(["greedy", "prefix", "exact"]), st.data())
+def test_transfer_with_the_same_names_resolves_with_target_sizes(case, method, data):
+    appi, _, budget, requires = case
+    target = {g: data.draw(numel_values) for g in appi}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EmptySelectionWarning)
+            expected = select_groups(appi, target, budget, method, requires=requires)
+    except ValueError as err:
+        match = re.escape(str(err)) if has_positive(appi) else "no target group has a positive"
+        with pytest.raises(ValueError, match=match):
+            transfer_selection(appi, target, budget, method, requires=requires)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptySelectionWarning)
+        assert transfer_selection(appi, target, budget, method, requires=requires) == expected
+
+
+def test_transfer_respects_the_target_budget_where_name_transfer_does_not():
+    source_numel = {"embed": 50, "norm": 10, "others": 940}
+    appi = {"embed": 2.0, "norm": 1.0, "others": 0.01}
+    source = select_groups(appi, source_numel, 0.06)
+    assert source.groups == ("embed", "norm")
+    # In the target the embedding is 8% of the model: it no longer fits 6%.
+    target = {"embed": 8_000, "norm": 100, "others": 91_900}
+    assert Selection.from_groups(source.groups, target).fraction > 0.06
+    sel = transfer_selection(source, target, 0.06)
+    assert sel.groups == ("norm",) and sel.appi == appi and sel.numel == target
+    assert transfer_selection(source, target, 0.06, "exact").groups == ("norm",)
+
+
+def test_transfer_between_granularities():
+    source = {"norm": 4.0, "norm@0": 2.0, "norm@1": 0.0, "norm@2": 1.0, "others": 0.5}
+    source_numel = {"norm": 10, "norm@0": 10, "norm@1": 10, "norm@2": 30, "others": 100}
+    target = {"norm": 1_000, "others": 9_000}
+    # Type-level target: parameter-weighted mean over the measured norm groups (norm@1 is
+    # not measured; the source's plain "norm" is the part outside the blocks, like ln_f).
+    sel = transfer_selection(source, target, 1.0, source_numel=source_numel)
+    assert sel.appi == {"norm": (4 * 10 + 2 * 10 + 1 * 30) / 50, "others": 0.5}
+    with_selection = Selection.from_groups([], source_numel, source)
+    assert transfer_selection(with_selection, target, 1.0) == sel
+    with pytest.raises(ValueError, match=r"target group 'norm' is split by block in the source"
+                       r".*pass the source Selection or source_numel="):
+        transfer_selection(source, target, 1.0)
+    # Block-level target of a type-level source: every block takes the role's influence;
+    # a block the block-level source does not have is unprobed.
+    block_target = {"norm@0": 5, "norm@7": 5, "norm": 2, "others": 8}
+    sel = transfer_selection({"norm": 3.0, "others": 1.0}, block_target, 1.0)
+    assert sel.appi == {"norm@0": 3.0, "norm@7": 3.0, "norm": 3.0, "others": 1.0}
+    sel = transfer_selection({"norm@0": 3.0, "norm": 1.0, "others": 1.0}, block_target, 1.0)
+    assert sel.appi == {"norm@0": 3.0, "norm@7": 0.0, "norm": 1.0, "others": 1.0}
+    assert sel.unprobed == ("norm@7",) and "norm@7" not in sel.groups
+    # Type-level source and target: the names match or the group is unmeasured.
+    sel = transfer_selection({"norm": 3.0}, {"norm": 5, "bias": 5}, 1.0)
+    assert sel.appi == {"norm": 3.0, "bias": 0.0} and sel.unprobed == ("bias",)
+
+
+def test_transfer_to_a_model_reads_its_sizes_and_dependencies():
+    source = {"lora_A": 5.0, "lora_B": 1.0, "norm": 0.5, "bias": 0.0, "embed": 0.1,
+              "others": 0.01}
+    large = gpt2(n_layer=4, n_embd=128)
+    numel = numel_table(large)
+    budget = (numel["lora_A"] + numel["norm"]) / sum(numel.values())
+    sel = transfer_selection(source, large, budget)
+    assert sel.numel == numel and sel.requires == {"lora_A": ("lora_B",)}
+    # lora_A cannot come without the (zero) lora_B, which does not fit next to it.
+    assert "lora_A" not in sel.groups
+    assert sel.groups == select_groups(
+        {g: source[g] for g in numel}, numel, budget, requires={"lora_A": ["lora_B"]}
+    ).groups
+    assert transfer_selection(source, large, budget, requires={}).groups == ("lora_A", "norm")
+    groups = group_parameters(large, include_frozen=True)
+    assert transfer_selection(source, groups, budget) == sel
+    assert sel.unprobed == ("bias",)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, match",
+    [
+        (({"a": 1.0}, "model", 0.5), {}, TypeError, r"target must be a model, a mapping"),
+        (({"a": 1.0}, {"a": 3, "b": [torch.zeros(2)]}, 0.5), {}, TypeError, r"not a mix"),
+        (({"a": 1.0}, {"a": [1.0]}, 0.5), {}, TypeError, r"target\['a'\] holds a float"),
+        (({"a": 1.0}, {"a": 3}, 0.5), {"granularity": "block"}, ValueError,
+         r"granularity= groups a model"),
+        (({"a": 1.0}, {"b": 3}, 0.5), {}, ValueError,
+         r"no target group has a positive APPI in the source table: target groups \['b'\], "
+         r"source groups \['a'\]"),
+        (({"a": 1.0}, {"a": 3}, 2.0), {}, ValueError, r"Invalid budget: 2\.0"),
+        (({"a": 1.0}, {"a": 3}, 0.5), {"method": "best"}, ValueError, r"Unknown method 'best'"),
+    ],
+)
+def test_transfer_selection_errors(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        transfer_selection(*args, **kwargs)
+
+
+# -- rebuilding a run with peft ------------------------------------------------------------------
+
+
+def test_to_peft_config_rebuilds_a_seq_cls_run():
+    run = seq_cls_lora(bert_cls())
+    numel = numel_table(run)
+    sel = Selection.from_groups(["lora_A", "lora_B", "norm", "head"], numel).with_lora(run)
+    sel = Selection.from_json(sel.to_json())
+    assert (sel.lora["r"], sel.lora["lora_alpha"], sel.lora["task_type"]) == (4, 16, "SEQ_CLS")
+    assert sel.lora["target_modules"] == ["query", "value"] and sel.lora["lora_dropout"] == 0.05
+    base = bert_cls(seed=1)
+    layer_norms = {n for n, m in base.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert len(layer_norms) == 5
+    for source in (base, run):  # named from the base model or from the run's peft model
+        config = sel.to_peft_config(source)
+        assert isinstance(config, peft.LoraConfig)
+        assert set(config.modules_to_save) == layer_norms | {"classifier"}
+        assert (config.r, config.lora_alpha, config.lora_dropout) == (4, 16, 0.05)
+        assert set(config.target_modules) == {"query", "value"} and config.bias == "none"
+    rebuilt = peft.get_peft_model(base, sel.to_peft_config(base))
+    # The same candidate groups with the same sizes, and peft trains exactly the selection.
+    assert numel_table(rebuilt) == sel.numel
+    expected = names_with_segments(rebuilt, {"lora_A", "lora_B", "modules_to_save"})
+    assert trainable_names(rebuilt) == expected
+    apply_selection(rebuilt, sel)
+    assert trainable_names(rebuilt) == expected
+
+
+def test_to_peft_config_bias_and_blocks():
+    run = gpt2()
+    numel = numel_table(run, "block")
+    assert [g for g in numel if g.startswith("bias")] == ["bias@0", "bias@1"]
+    sel = Selection.from_groups(["lora_A@1", "lora_B@1", "bias@0", "bias@1"], numel)
+    sel = sel.with_lora(run.peft_config["default"])
+    config = sel.to_peft_config()  # no module names needed
+    assert config.bias == "all" and config.layers_to_transform == [1]
+    assert config.fan_in_fan_out is True and config.modules_to_save is None
+    rebuilt = peft.get_peft_model(gpt2(lora=False, seed=1), config)
+    apply_selection(rebuilt, sel)
+    assert trainable_names(rebuilt) == {
+        n for n in names_with_segments(rebuilt, {"lora_A", "lora_B"}) if ".h.1." in n
+    } | {
+        n for n, _ in rebuilt.named_parameters()
+        if n.endswith(".bias") and not {"ln_1", "ln_2", "ln_f"} & set(n.split("."))
+    }
+    assert sel.to_peft_config(r=16, bias="lora_only").r == 16
+    partial = Selection.from_groups(["bias@0"], numel, lora=sel.lora)
+    with pytest.raises(ValueError, match=r"selected bias groups \['bias@0'\] are only part of the "
+                       r"biases \(\['bias@0', 'bias@1'\]\), and peft's bias= trains all"):
+        partial.to_peft_config()
+    assert partial.to_peft_config(bias="all").bias == "all"
+
+
+@pytest.mark.parametrize(
+    "groups, lora, kwargs, match",
+    [
+        (["lora_A", "lora_B"], None, {}, r"this Selection records no LoRA settings"),
+        (["norm"], {"r": 4}, {}, r"records no LoRA settings \(target_modules, r, \.\.\.\)"),
+        (["norm", "lora_B"], {"target_modules": ["c_attn"]}, {},
+         r"selected group\(s\) \['norm'\] are trained in peft through modules_to_save.*pass "
+         r"model="),
+        (["others"], {"target_modules": ["c_attn"]}, {}, r"are base weights"),
+    ],
+)
+def test_to_peft_config_errors(groups, lora, kwargs, match):
+    sel = Selection.from_groups(groups, numel_table(gpt2()), lora=lora)
+    with pytest.raises(ValueError, match=match):
+        sel.to_peft_config(**kwargs)
+
+
+def test_to_peft_config_without_lora_candidates_and_explicit_modules():
+    plain = numel_table(gpt2(lora=False))
+    sel = Selection.from_groups(["norm"], plain)
+    with pytest.raises(ValueError, match=r"has no LoRA groups \(candidates \['norm', 'bias', "
+                       r"'embed', 'others'\]\) and a LoraConfig needs adapters"):
+        sel.to_peft_config(modules_to_save=["ln_f"])
+    config = sel.to_peft_config(modules_to_save=["ln_f"], target_modules=["c_attn"])
+    assert config.modules_to_save == ["ln_f"] and config.bias == "none"
+
+
+def test_with_lora_errors():
+    sel = make_selection()
+    with pytest.raises(TypeError, match=r"with_lora expects a peft model, a LoraConfig or a dict"):
+        sel.with_lora("query")
+    with pytest.raises(ValueError, match=r"must not hold \['modules_to_save'\]"):
+        sel.with_lora({"modules_to_save": ["classifier"]})
+    with pytest.raises(TypeError, match=r"lora setting 'r' must be JSON data"):
+        sel.with_lora({"r": object()})
+    with pytest.raises(ValueError, match=r"records LoRA settings, got a IA3 config"):
+        sel.with_lora(peft.IA3Config(target_modules=["c_attn"], feedforward_modules=[]))
+    assert sel.with_lora({"target_modules": {"v", "q"}}).lora == {"target_modules": ["q", "v"]}
 
 
 # -- trained-subset checkpoints ------------------------------------------------------------------
