@@ -88,3 +88,35 @@ def test_hf_trainer(monkeypatch, capsys):
     names = [n.strip(" '[]") for n in chosen.split(",")]
     assert "norm" in names and sum(sizes[n] for n in names) <= 0.12
     assert "adapeft/appi/norm=" in out
+
+
+@pytest.mark.parametrize("budget", [0.01, 0.05])
+def test_readme_first_code_block_runs_as_written_on_a_tiny_gpt2(budget):
+    import transformers
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("budget=0.01", f"budget={budget}")
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    g = torch.Generator().manual_seed(0)
+
+    def batch():
+        ids = torch.randint(0, 128, (4, 32), generator=g)
+        return {"input_ids": ids, "labels": ids}
+
+    scope = {"model": model, "loader": [batch() for _ in range(24)], "probe_batches": [batch() for _ in range(4)]}
+    exec(compile(code, "README.md", "exec"), scope)
+    opt, sel = scope["opt"], scope["sel"]
+    assert set(opt.masked) == set(sel.groups) and sel.groups  # a non-empty selection, trained alone
+    assert 0 < sel.fraction <= budget
+    assert all(p.requires_grad == (name in sel.groups) for name, ps in opt_groups(opt).items() for p in ps)
+
+
+def opt_groups(opt):
+    out = {}
+    for g in opt.param_groups:
+        out.setdefault(g["adapeft_name"], []).extend(g["params"])
+    return out
