@@ -548,8 +548,8 @@ def _callback_class() -> type:
             if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                        or not 0.0 <= budget <= 1.0):
                 raise ValueError(f"Invalid budget: {budget!r}; use a fraction of parameters in [0, 1]")
-            if method not in ("greedy", "exact"):
-                raise ValueError(f"Invalid method: {method!r}; use 'greedy' or 'exact'")
+            if method not in ("greedy", "prefix", "exact"):
+                raise ValueError(f"Invalid method: {method!r}; use 'greedy', 'prefix' or 'exact'")
             self.budget = budget
             self.method = method
             self._opt: Optional[GeNAdaPEFT] = unwrap_optimizer(optimizer) if optimizer is not None else None

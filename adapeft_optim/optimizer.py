@@ -82,6 +82,41 @@ def _lr_value(group: dict) -> float:
     return float(lr.item()) if torch.is_tensor(lr) else float(lr)
 
 
+# Inner optimizers whose update is not lr × (a direction that does not depend on lr): the probe
+# reads d off one step at lr 1 and takes w − lr·d, which for these is another algorithm.
+_NONLINEAR_IN_LR = {
+    "LBFGS": "it runs a line search of its own",
+    "ASGD": "its averaging and its eta schedule depend on lr",
+    "Rprop": "its step sizes adapt by sign, not by lr",
+}
+
+
+def _check_inner(optimizer: Optimizer) -> None:
+    """Refuse, at construction, inner optimizers the probe cannot wrap (Note [The probe step])."""
+    name = type(optimizer).__name__
+    supported = "SGD, Adam, AdamW, RMSprop, Adamax, NAdam, RAdam, Adagrad without lr_decay"
+    why = _NONLINEAR_IN_LR.get(name)
+    groups = optimizer.param_groups
+    if why is None and isinstance(optimizer, torch.optim.Adagrad) and any(g.get("lr_decay", 0) for g in groups):
+        why = "lr_decay makes its step depend on lr non-linearly"
+    if why is None and name == "Adafactor" and any(g.get("relative_step") for g in groups):
+        why = "relative_step=True sets its own lr (pass lr=..., relative_step=False, scale_parameter=False)"
+    if why is not None:
+        raise TypeError(
+            f"{name} cannot be wrapped: {why}. GeNAdaPEFT needs an inner update linear in lr ({supported})"
+        )
+    if any(g.get("maximize") for g in groups):
+        raise ValueError(
+            f"{name}(maximize=True) is not supported: the probes fit the loss the closure returns, which "
+            "the step must decrease; minimise the negated objective instead"
+        )
+    if getattr(optimizer.step, "_wrapped_by_lr_sched", False):
+        raise RuntimeError(
+            "an LR scheduler was built on this optimizer before wrapping it; GeNAdaPEFT splits its param "
+            "groups, which that scheduler does not know. Build the scheduler on the GeNAdaPEFT instead"
+        )
+
+
 def _check_takes_batch(closure: Callable[..., Any]) -> None:
     try:
         signature = inspect.signature(closure)
@@ -332,8 +367,9 @@ class GeNAdaPEFT(Optimizer):
         for key, value in (("select_after", select_after), ("stable_probes", stable_probes)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"Invalid {key}: {value!r}; use an int >= 1 or None")
-        if select_method not in ("greedy", "exact"):
-            raise ValueError(f"Invalid select_method: {select_method!r}; use 'greedy' or 'exact'")
+        if select_method not in ("greedy", "prefix", "exact"):
+            raise ValueError(f"Invalid select_method: {select_method!r}; use 'greedy', 'prefix' or 'exact'")
+        _check_inner(optimizer)
         if not (isinstance(max_lr_factor, (int, float)) and math.isfinite(max_lr_factor) and max_lr_factor >= 1.0):
             raise ValueError(f"Invalid max_lr_factor: {max_lr_factor!r}; use a finite value >= 1")
         if probe_data is not None:
@@ -498,11 +534,15 @@ class GeNAdaPEFT(Optimizer):
         order = list(groups.keys())
         split = []
         for g in inner_groups:
-            rest = {k: v for k, v in g.items() if k != "params"}
+            rest = {k: v for k, v in g.items() if k not in ("params", "param_names")}
             for name in order:
-                params = [p for p in g["params"] if owner[id(p)] == name]
-                if params:
-                    split.append({**rest, "params": params, "adapeft_name": name, "adapeft_base_lr": _lr_value(g)})
+                keep = [i for i, p in enumerate(g["params"]) if owner[id(p)] == name]
+                if keep:
+                    part = {**rest, "params": [g["params"][i] for i in keep], "adapeft_name": name,
+                            "adapeft_base_lr": _lr_value(g)}
+                    if "param_names" in g:  # optimizers built from named_parameters()
+                        part["param_names"] = [g["param_names"][i] for i in keep]
+                    split.append(part)
         # In place: references to the list (an LR scheduler made later, Accelerate) stay valid.
         inner_groups[:] = split
 
@@ -1011,23 +1051,22 @@ class GeNAdaPEFT(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Load a state dict made by :meth:`state_dict` of a GeNAdaPEFT built the same way."""
-        if "adapeft" not in state_dict:
-            raise ValueError(
-                "state_dict has no 'adapeft' entry: it is not from GeNAdaPEFT.state_dict(); load an inner "
-                "optimizer's state into the inner optimizer before wrapping it"
-            )
-        extra = state_dict["adapeft"]
-        if list(extra["stats"]) != self.names:
-            raise ValueError(f"state_dict is for groups {list(extra['stats'])}, this optimizer has {self.names}")
-        saved_names = [g.get("adapeft_name") for g in state_dict["param_groups"]]
-        if saved_names != [g["adapeft_name"] for g in self.param_groups]:
-            raise ValueError("state_dict's param groups do not match this optimizer's; build it with the same groups")
+        """Load a state dict made by :meth:`state_dict` of a GeNAdaPEFT built the same way.
+
+        All or nothing: the wrapper's entry is validated first (errors name the key), and if the
+        inner optimizer refuses its part, the optimizer is left exactly as it was.
+        """
+        extra = self._validated_extra(state_dict)
         inner = {k: v for k, v in state_dict.items() if k != "adapeft"}
-        self.optimizer.load_state_dict(inner)
-        self._step = int(extra["step"])
-        self._stats = copy.deepcopy(extra["stats"])
-        self.history = copy.deepcopy(extra["history"])
+        before = copy.deepcopy(self.optimizer.state_dict())
+        try:
+            self.optimizer.load_state_dict(inner)
+        except BaseException:
+            self.optimizer.load_state_dict(before)
+            raise
+        self._step = extra["step"]
+        self._stats = {n: dict(s) for n, s in extra["stats"].items()}
+        self.history = copy.deepcopy(list(extra["history"]))
         self._ranking = tuple(extra["ranking"]) if extra.get("ranking") is not None else None
         self._stable_count = int(extra.get("stable_count", 0))
         self.budget = extra.get("budget", self.budget)
@@ -1042,6 +1081,43 @@ class GeNAdaPEFT(Optimizer):
                 from .selection import Selection
 
                 self.selection = Selection.from_json(extra["selection"])
+
+    def _validated_extra(self, state_dict: Any) -> Dict[str, Any]:
+        """The ``"adapeft"`` entry of ``state_dict``, checked against this optimizer, or a
+        ``ValueError``/``TypeError`` naming the key and the fix."""
+        if not isinstance(state_dict, Mapping) or "adapeft" not in state_dict:
+            raise ValueError(
+                "state_dict has no 'adapeft' entry: it is not from GeNAdaPEFT.state_dict(); load an inner "
+                "optimizer's state into the inner optimizer before wrapping it"
+            )
+        extra = state_dict["adapeft"]
+        missing = [k for k in ("step", "stats", "history", "mask") if not isinstance(extra, Mapping) or k not in extra]
+        if missing:
+            raise ValueError(f"state_dict['adapeft'] lacks {missing}; save it with GeNAdaPEFT.state_dict()")
+        step = extra["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"state_dict['adapeft']['step'] must be an int >= 0, got {step!r}")
+        stats = extra["stats"]
+        if not isinstance(stats, Mapping) or list(stats) != self.names:
+            got = list(stats) if isinstance(stats, Mapping) else type(stats).__name__
+            raise ValueError(f"state_dict is for groups {got}, this optimizer has {self.names}")
+        for name, st in stats.items():
+            for key, low in (("factor", 0.0), ("spacing", 1.0), ("appi", 0.0)):
+                value = st.get(key) if isinstance(st, Mapping) else None
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                if not ok or value < low or (key == "factor" and value == 0.0):
+                    bound = "> 0" if key == "factor" else f">= {low:g}"
+                    raise ValueError(
+                        f"state_dict['adapeft']['stats'][{name!r}][{key!r}] = {value!r}: must be a finite "
+                        f"number {bound}"
+                    )
+        saved_names = [g.get("adapeft_name") for g in state_dict.get("param_groups", ())]
+        if saved_names != [g["adapeft_name"] for g in self.param_groups]:
+            raise ValueError("state_dict's param groups do not match this optimizer's; build it with the same groups")
+        mask = extra["mask"]
+        if mask is not None and (isinstance(mask, str) or any(n not in stats for n in mask)):
+            raise ValueError(f"state_dict['adapeft']['mask'] = {mask!r} names unknown groups; the groups are {self.names}")
+        return dict(extra)
 
     def __getstate__(self) -> Dict[str, Any]:
         # torch's Optimizer.__getstate__ keeps defaults/state/param_groups only, which here are

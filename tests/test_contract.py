@@ -1,0 +1,174 @@
+"""The wrapper's contract with its inner optimizer and with checkpoints: optimizers it cannot
+wrap are refused at construction, named param groups split with their names, and a refused
+load or an interrupted probe leaves everything as it was."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from adapeft_optim import GeNAdaPEFT
+
+
+def model_and_groups(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    groups = {"first": list(model[0].parameters()), "last": list(model[2].parameters())}
+    return model, groups
+
+
+def data(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(16, 4, generator=g), torch.randn(16, 1, generator=g)
+
+
+def loss_of(model, batch):
+    x, y = batch
+    return ((model(x) - y) ** 2).mean()
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda ps: torch.optim.LBFGS(ps), TypeError, "LBFGS cannot be wrapped: it runs a line search"),
+        (lambda ps: torch.optim.ASGD(ps), TypeError, "ASGD cannot be wrapped"),
+        (lambda ps: torch.optim.Rprop(ps), TypeError, "Rprop cannot be wrapped"),
+        (lambda ps: torch.optim.Adagrad(ps, lr_decay=0.1), TypeError, "Adagrad cannot be wrapped: lr_decay"),
+        (lambda ps: torch.optim.AdamW(ps, maximize=True), ValueError, r"maximize=True\) is not supported"),
+    ],
+)
+def test_inner_optimizers_whose_step_is_not_linear_in_lr_are_refused_at_construction(make, error, match):
+    model, groups = model_and_groups()
+    with pytest.raises(error, match=match):
+        GeNAdaPEFT(make(model.parameters()), groups=groups)
+
+
+def test_adagrad_without_lr_decay_and_sgd_are_accepted():
+    for make in (lambda ps: torch.optim.Adagrad(ps), lambda ps: torch.optim.SGD(ps, lr=0.1)):
+        model, groups = model_and_groups()
+        GeNAdaPEFT(make(model.parameters()), groups=groups)
+
+
+def test_a_scheduler_built_before_wrapping_is_refused_with_the_fix():
+    model, groups = model_and_groups()
+    inner = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    torch.optim.lr_scheduler.LambdaLR(inner, lambda s: 1.0)
+    with pytest.raises(RuntimeError, match="scheduler was built on this optimizer before wrapping"):
+        GeNAdaPEFT(inner, groups=groups)
+
+
+def test_param_names_follow_their_parameters_into_the_split_groups():
+    model, groups = model_and_groups()
+    inner = torch.optim.AdamW(model.named_parameters(), lr=1e-3)
+    opt = GeNAdaPEFT(inner, groups=groups)
+    names = {p: n for n, p in model.named_parameters()}
+    assert [g["param_names"] for g in opt.param_groups] == [["0.weight", "0.bias"], ["2.weight", "2.bias"]]
+    for g in opt.param_groups:
+        assert g["param_names"] == [names[p] for p in g["params"]]
+
+
+def _trained(steps=5):
+    model, groups = model_and_groups()
+    batches = [data(seed) for seed in range(steps + 3)]
+    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-2), closure=lambda b: loss_of(model, b),
+                     probe_data=batches[steps:], groups=groups, lazy=2)
+    for batch in batches[:steps]:
+        opt.zero_grad()
+        loss_of(model, batch).backward()
+        opt.step()
+    return model, opt
+
+
+def _snapshot(opt):
+    sd = opt.state_dict()
+    return copy.deepcopy(sd), [dict(g) for g in opt.param_groups]
+
+
+def _same(a, b):
+    if torch.is_tensor(a):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return a == b
+
+
+def _corrupt(sd, path, value):
+    node = sd
+    for key in path[:-1]:
+        node = node[key]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return sd
+
+
+@pytest.mark.parametrize(
+    "path, value, match",
+    [
+        (("adapeft", "stats", "first", "factor"), math.nan, r"\['first'\]\['factor'\] = nan: must be a finite number > 0"),
+        (("adapeft", "stats", "last", "factor"), -1.0, r"\['last'\]\['factor'\] = -1.0"),
+        (("adapeft", "stats", "first", "factor"), "2", r"\['factor'\] = '2'"),
+        (("adapeft", "stats", "first", "appi"), math.inf, r"\['appi'\] = inf"),
+        (("adapeft", "stats", "last", "spacing"), 0.5, r"\['spacing'\] = 0.5: must be a finite number >= 1"),
+        (("adapeft", "step"), -3, r"\['step'\] must be an int >= 0"),
+        (("adapeft", "mask"), ["nope"], r"\['mask'\] = \['nope'\] names unknown groups"),
+        (("adapeft", "history"), KeyError, r"lacks \['history'\]"),
+        (("adapeft",), KeyError, "no 'adapeft' entry"),
+        (("param_groups", 0, "params"), [0, 1, 2], "doesn't match the size|does not match"),
+    ],
+)
+def test_a_refused_load_leaves_the_optimizer_exactly_as_it_was(path, value, match):
+    model, opt = _trained()
+    good = opt.state_dict()
+    before, groups_before = _snapshot(opt)
+    bad = _corrupt(copy.deepcopy(good), path, value)
+    with pytest.raises((ValueError, TypeError), match=match):
+        opt.load_state_dict(bad)
+    after, groups_after = _snapshot(opt)
+    assert _same(before, after) and _same(groups_before, groups_after)
+    # and it still resumes from a good checkpoint, bit for bit like a twin that never saw the bad one
+    twin_model, twin = copy.deepcopy((model, opt))
+    twin.closure = lambda b: loss_of(twin_model, b)
+    opt.load_state_dict(good)
+    for m, o in ((model, opt), (twin_model, twin)):
+        for seed in (20, 21, 22):
+            o.zero_grad()
+            loss_of(m, data(seed)).backward()
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin_model.parameters()))
+
+
+def test_keyboard_interrupt_in_a_probe_applies_no_part_of_its_fit():
+    model, opt = _trained(steps=4)  # the next step, 4, probes
+    stats, history = copy.deepcopy(opt._stats), list(opt.history)
+    twin_model = copy.deepcopy(model)
+    twin = torch.optim.AdamW([{"params": list(twin_model[i].parameters())} for i in (0, 2)], lr=1.0)
+    inner = copy.deepcopy(opt.optimizer.state_dict())  # its tensors are the live moments
+    twin.load_state_dict({**inner, "param_groups": [{**g, "lr": opt.lrs[g["adapeft_name"]]} for g in inner["param_groups"]]})
+    calls = []
+
+    def closure(batch):
+        calls.append(1)
+        if len(calls) == 7:  # mid-way through the second group's stencil
+            raise KeyboardInterrupt
+        return loss_of(model, batch)
+
+    batch = data(30)
+    for m, o in ((model, opt), (twin_model, twin)):
+        o.zero_grad()
+        loss_of(m, batch).backward()
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(closure)
+    twin.step()  # what the step does at the old lrs
+    assert opt._stats == stats and opt.history == history
+    for p, q in zip(model.parameters(), twin_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
