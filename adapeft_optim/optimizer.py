@@ -12,7 +12,7 @@ import math
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -193,6 +193,69 @@ _GUARD_WARMUP = 6
 _GUARD_WINDOW = 16
 
 
+# Note [State in the param groups]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# Everything the wrapper must carry across a checkpoint lives in the inner optimizer's param
+# groups under adapeft_ keys, as schedule_free and timm's Lookahead keep theirs: per named group
+# (its lr factor newton_lr/base_lr, probe spacing, APPI, counts, what it requires) in each of its
+# param groups, and the optimizer's counters (step, probe batches drawn, recent probe losses,
+# mask, selection, ...) in every param group alike. So state_dict() is the inner optimizer's own
+# format, and torch.distributed.checkpoint, deepcopy, pickle and the state-dict hooks need no
+# special entry. Values are replaced, never mutated in place (a state_dict() shares them).
+# The probe history is a bounded log (history_size records), not state.
+
+_GROUP_START = {"factor": 1.0, "spacing": 1.0, "appi": 0.0, "probes": 0, "accepted": 0, "valued": 0,
+                "requires": ()}
+_SHARED_START = {"step": 0, "probe_count": 0, "recent_l0": (), "mask": None, "ranking": None,
+                 "stable_count": 0, "budget": None, "selection": None}
+
+
+class _GroupStats(MutableMapping):
+    """A named group's ``adapeft_*`` values, read from its first param group, written to all."""
+
+    __slots__ = ("_groups",)
+    _KEYS = ("factor", "spacing", "appi", "probes", "accepted", "valued")
+
+    def __init__(self, groups: List[dict]) -> None:
+        self._groups = groups
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._KEYS:
+            raise KeyError(key)
+        return self._groups[0][f"adapeft_{key}"]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self._KEYS:
+            raise KeyError(key)
+        for g in self._groups:
+            g[f"adapeft_{key}"] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("the wrapper's per-group values cannot be deleted")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._KEYS)
+
+    def __len__(self) -> int:
+        return len(self._KEYS)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+def _shared(key: str, doc: str) -> property:
+    """A wrapper value kept alike in every param group (Note [State in the param groups])."""
+
+    def get(self: "GeNAdaPEFT") -> Any:
+        return self.param_groups[0][f"adapeft_{key}"]
+
+    def set_(self: "GeNAdaPEFT", value: Any) -> None:
+        for g in self.param_groups:
+            g[f"adapeft_{key}"] = value
+
+    return property(get, set_, doc=doc)
+
+
 class _Line:
     """Puts each param group at ``origin − c·d`` from saved copies (Note [The probe step])."""
 
@@ -296,6 +359,8 @@ class GeNAdaPEFT(Optimizer):
             ``.grad`` before each step (for DDP, whose reducer must see the same parameters every
             step; the other way under DDP is ``freeze=True`` and a new DDP wrapper after ``mask()``)
             (default: True).
+        history_size: probe records kept in :attr:`history`, the newest; a log, not checkpoint
+            state (default: 10000).
         max_lr_factor: ceiling of each group's lr, as a multiple of the lr it was wrapped with
             (default: 10.0).
         joint_check: probe the combined step of all groups (two more forwards) and scale the
@@ -333,6 +398,7 @@ class GeNAdaPEFT(Optimizer):
         stable_probes: Optional[int] = None,
         select_method: str = "greedy",
         freeze: bool = True,
+        history_size: int = 10_000,
         max_lr_factor: float = 10.0,
         joint_check: bool = True,
         adapt_lr: bool = True,
@@ -400,7 +466,6 @@ class GeNAdaPEFT(Optimizer):
         self.z = float(z)
         self.loss_rtol = loss_rtol
         self.max_spacing = float(max_spacing)
-        self.budget = budget
         self.select_after = select_after
         self.stable_probes = stable_probes
         self.select_method = select_method
@@ -410,29 +475,23 @@ class GeNAdaPEFT(Optimizer):
         self.adapt_lr = bool(adapt_lr)
         self._probe_data = probe_data
         self._probe_iter: Optional[Iterator[Any]] = None
-        self._probe_count = 0  # probe batches drawn so far
+        if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
+            raise ValueError(f"Invalid history_size: {history_size!r}; use an int >= 0 (records kept)")
+        self.history_size = history_size
+        self.history: List[Dict[str, Any]] = []
 
         self._split_param_groups(groups)
+        # Note [State in the param groups]: every value of the wrapper starts here.
+        for g in self.param_groups:
+            g.update({f"adapeft_{k}": v for k, v in _GROUP_START.items()})
+            g.update({f"adapeft_{k}": v for k, v in _SHARED_START.items()})
+        self.budget = budget
         # Which groups cannot learn alone, read off the weights as wrapped (lora_A while lora_B is
         # zero): a selection is applied to a fresh adapter, whatever training did to this one.
         from .selection import group_dependencies
 
-        self.requires: Dict[str, Tuple[str, ...]] = group_dependencies(
-            {n: [p for g in self.param_groups if g["adapeft_name"] == n for p in g["params"]]
-             for n in dict.fromkeys(g["adapeft_name"] for g in self.param_groups)}
-        )
-        names = list(dict.fromkeys(g["adapeft_name"] for g in self.param_groups))
-        # Per named group: lr factor (newton_lr / base_lr), probe spacing, APPI and counts.
-        self._stats: Dict[str, Dict[str, float]] = {
-            n: {"factor": 1.0, "spacing": 1.0, "appi": 0.0, "probes": 0, "accepted": 0, "valued": 0} for n in names
-        }
-        self._step = 0
-        self.history: List[Dict[str, Any]] = []
-        self._mask: Optional[Tuple[str, ...]] = None
-        self.selection = None
-        self._ranking: Optional[Tuple[str, ...]] = None
-        self._stable_count = 0
-        self._recent_l0: List[float] = []  # probe losses of the last probes (Note [Divergence guard])
+        self.requires = group_dependencies({n: [p for g in self._groups_of(n) for p in g["params"]]
+                                            for n in self.names})
 
     @property
     def probe_data(self) -> Optional[Iterable[Any]]:
@@ -546,6 +605,43 @@ class GeNAdaPEFT(Optimizer):
         # In place: references to the list (an LR scheduler made later, Accelerate) stay valid.
         inner_groups[:] = split
 
+    # -- the wrapper's state, in the param groups (Note [State in the param groups]) ---------------
+    _step = _shared("step", "Steps taken (probe steps included).")
+    _probe_count = _shared("probe_count", "Probe batches drawn so far.")
+    _recent_l0 = _shared("recent_l0", "Probe losses of the last probes (Note [Divergence guard]).")
+    _mask = _shared("mask", "The selected group names in masked mode, else None.")
+    _ranking = _shared("ranking", "The APPI ranking at the last probe, for stable_probes.")
+    _stable_count = _shared("stable_count", "Probes the ranking has not changed for.")
+    budget = _shared("budget", "Fraction of parameters for the automatic switch, or None.")
+    _selection_json = _shared("selection", "The Selection trained in masked mode, as JSON, or None.")
+
+    @property
+    def _stats(self) -> Dict[str, "_GroupStats"]:
+        return {n: _GroupStats(self._groups_of(n)) for n in self.names}
+
+    @property
+    def requires(self) -> Dict[str, Tuple[str, ...]]:
+        """Which group cannot learn without which, as wrapped (e.g. ``{"lora_A": ("lora_B",)}``)."""
+        return {n: tuple(self._groups_of(n)[0]["adapeft_requires"]) for n in self.names
+                if self._groups_of(n)[0]["adapeft_requires"]}
+
+    @requires.setter
+    def requires(self, value: Mapping[str, Sequence[str]]) -> None:
+        for g in self.param_groups:
+            g["adapeft_requires"] = tuple(value.get(g["adapeft_name"], ()))
+
+    @property
+    def selection(self):
+        """The :class:`~adapeft_optim.selection.Selection` trained in masked mode, else ``None``."""
+        from .selection import Selection
+
+        text = self._selection_json
+        return Selection.from_json(text) if text is not None else None
+
+    @selection.setter
+    def selection(self, value) -> None:
+        self._selection_json = value.to_json() if value is not None else None
+
     # -- public read-outs -----------------------------------------------------------------------
     def _groups_of(self, name: str) -> List[dict]:
         return [g for g in self.param_groups if g["adapeft_name"] == name]
@@ -553,7 +649,7 @@ class GeNAdaPEFT(Optimizer):
     @property
     def names(self) -> List[str]:
         """Group names, in order."""
-        return list(self._stats)
+        return list(dict.fromkeys(g["adapeft_name"] for g in self.param_groups))
 
     @property
     def appi(self) -> Dict[str, float]:
@@ -609,7 +705,7 @@ class GeNAdaPEFT(Optimizer):
                 g["lr"] = lr
 
     def _effective_lrs(self) -> List[float]:
-        return [self._stats[g["adapeft_name"]]["factor"] * _lr_value(g) for g in self.param_groups]
+        return [g["adapeft_factor"] * _lr_value(g) for g in self.param_groups]
 
     def step(self, closure: Optional[Closure] = None) -> Optional[torch.Tensor]:
         """Perform one optimization step, probing the groups every ``lazy`` steps.
@@ -626,6 +722,11 @@ class GeNAdaPEFT(Optimizer):
             raise TypeError(f"closure must be callable, got {type(closure).__name__}")
         if self._mask is not None and not self.freeze:
             self._drop_masked_grads()
+        if all(lr == 0.0 for lr in self._effective_lrs()):
+            # A step that moves nothing (torch.distributed.checkpoint's state initialisation sets
+            # every lr to 0; a schedule at 0): the inner step alone, not probed, not counted.
+            self.optimizer.step()
+            return None
         probing = self.lazy > 0 and self._step % self.lazy == 0
         loss = None
         with torch.no_grad():
@@ -867,7 +968,7 @@ class GeNAdaPEFT(Optimizer):
                 why = (f"the probe loss {L0:.6g} jumped above the median {median:.6g} of the last "
                        f"{len(recent)} probes by more than {_GUARD_SD:g} robust sd ({spread:.3g})")
         if math.isfinite(L0):
-            update.recent_l0 = (recent + [L0])[-_GUARD_WINDOW:]
+            update.recent_l0 = (list(recent) + [L0])[-_GUARD_WINDOW:]
         if why is None or not names:
             return
         for name in names:
@@ -896,13 +997,13 @@ class GeNAdaPEFT(Optimizer):
             st["probes"] += 1
             st["accepted"] += record["accepted"]
             if record["case"] is not None:
-                st["valued"] = st.get("valued", 0) + 1
+                st["valued"] += 1
                 st["appi"] += update.ppi[name]
             st["spacing"] = update.spacings[name]
         for name, factor in update.factors.items():
             self._stats[name]["factor"] = factor
         if update.recent_l0 is not None:
-            self._recent_l0 = update.recent_l0
+            self._recent_l0 = tuple(update.recent_l0)
         for name, record in update.records.items():
             record.update(
                 newton_lr=self._stats[name]["factor"] * self._groups_of(name)[0]["adapeft_base_lr"],
@@ -912,6 +1013,8 @@ class GeNAdaPEFT(Optimizer):
                 guard=update.guarded,
             )
             self.history.append(record)
+        if len(self.history) > self.history_size:
+            del self.history[: len(self.history) - self.history_size]
 
     # -- selection and masked mode --------------------------------------------------------------
     def select(self, budget: float, method: str = "greedy"):
@@ -972,7 +1075,7 @@ class GeNAdaPEFT(Optimizer):
         self.selection = selection if hasattr(selection, "to_json") else None
 
     def _any_accepted(self) -> bool:
-        return any(s.get("valued", 0) for s in self._stats.values())
+        return any(s["valued"] for s in self._stats.values())
 
     def mask_at_budget(self, budget: float, method: str = "greedy"):
         """Switch to masked mode with ``select(budget, method)`` when that is possible.
@@ -1026,98 +1129,69 @@ class GeNAdaPEFT(Optimizer):
             self._stable_count = self._stable_count + 1 if ranking == self._ranking else 0
             self._ranking = ranking
             due = due or (self._stable_count >= self.stable_probes
-                          and all(s.get("valued", 0) for s in self._stats.values()))
+                          and all(s["valued"] for s in self._stats.values()))
         if due and self.mask_at_budget(self.budget, self.select_method) is None and self._any_accepted():
             self.budget = None  # nothing fits: keep training every group, stop trying
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:
-        """The inner optimizer's state dict (its param groups carry ``adapeft_*`` keys) plus an
-        ``"adapeft"`` entry with everything of the wrapper (DESIGN §4.8)."""
-        sd = self.optimizer.state_dict()
-        sd["adapeft"] = {
-            "step": self._step,
-            "stats": copy.deepcopy(self._stats),
-            "history": copy.deepcopy(self.history),
-            "mask": list(self._mask) if self._mask is not None else None,
-            "selection": self.selection.to_json() if self.selection is not None else None,
-            "ranking": list(self._ranking) if self._ranking is not None else None,
-            "stable_count": self._stable_count,
-            "budget": self.budget,
-            "recent_l0": list(self._recent_l0),
-            "probe_count": self._probe_count,
-            "requires": {k: list(v) for k, v in self.requires.items()},
-        }
-        return sd
+    # state_dict() is torch's own: the wrapper's values are in the param groups it saves.
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load a state dict made by :meth:`state_dict` of a GeNAdaPEFT built the same way.
 
-        All or nothing: the wrapper's entry is validated first (errors name the key), and if the
-        inner optimizer refuses its part, the optimizer is left exactly as it was.
+        All or nothing: the ``adapeft_*`` values are validated first (errors name the key), and
+        if the inner optimizer refuses the state, the optimizer is left exactly as it was. The
+        wrapper's load-state-dict hooks run around it.
         """
-        extra = self._validated_extra(state_dict)
-        inner = {k: v for k, v in state_dict.items() if k != "adapeft"}
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self._validate(state_dict)
         before = copy.deepcopy(self.optimizer.state_dict())
         try:
-            self.optimizer.load_state_dict(inner)
+            self.optimizer.load_state_dict(state_dict)
         except BaseException:
             self.optimizer.load_state_dict(before)
             raise
-        self._step = extra["step"]
-        self._stats = {n: dict(s) for n, s in extra["stats"].items()}
-        self.history = copy.deepcopy(list(extra["history"]))
-        self._ranking = tuple(extra["ranking"]) if extra.get("ranking") is not None else None
-        self._stable_count = int(extra.get("stable_count", 0))
-        self.budget = extra.get("budget", self.budget)
-        self._recent_l0 = [float(v) for v in extra.get("recent_l0", [])]
-        self._probe_count = int(extra.get("probe_count", 0))
-        if "requires" in extra:
-            self.requires = {str(k): tuple(v) for k, v in extra["requires"].items()}
-        self._mask, self.selection = None, None
-        if extra["mask"] is not None:
-            self._apply_mask(tuple(extra["mask"]))
-            if extra.get("selection") is not None:
-                from .selection import Selection
+        if self._mask is not None:
+            self._apply_mask(tuple(self._mask))
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
 
-                self.selection = Selection.from_json(extra["selection"])
-
-    def _validated_extra(self, state_dict: Any) -> Dict[str, Any]:
-        """The ``"adapeft"`` entry of ``state_dict``, checked against this optimizer, or a
-        ``ValueError``/``TypeError`` naming the key and the fix."""
-        if not isinstance(state_dict, Mapping) or "adapeft" not in state_dict:
-            raise ValueError(
-                "state_dict has no 'adapeft' entry: it is not from GeNAdaPEFT.state_dict(); load an inner "
-                "optimizer's state into the inner optimizer before wrapping it"
-            )
-        extra = state_dict["adapeft"]
-        missing = [k for k in ("step", "stats", "history", "mask") if not isinstance(extra, Mapping) or k not in extra]
-        if missing:
-            raise ValueError(f"state_dict['adapeft'] lacks {missing}; save it with GeNAdaPEFT.state_dict()")
-        step = extra["step"]
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"state_dict['adapeft']['step'] must be an int >= 0, got {step!r}")
-        stats = extra["stats"]
-        if not isinstance(stats, Mapping) or list(stats) != self.names:
-            got = list(stats) if isinstance(stats, Mapping) else type(stats).__name__
-            raise ValueError(f"state_dict is for groups {got}, this optimizer has {self.names}")
-        for name, st in stats.items():
+    def _validate(self, state_dict: Any) -> None:
+        """Check the ``adapeft_*`` values of a state dict against this optimizer, or raise a
+        ``ValueError`` naming the key and the fix."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
+        if not isinstance(groups, (list, tuple)) or any(not isinstance(g, Mapping) for g in groups):
+            raise ValueError("state_dict has no list of param_groups; save it with opt.state_dict()")
+        names = [g.get("adapeft_name") for g in groups]
+        if names != [g["adapeft_name"] for g in self.param_groups]:
+            if not any(names):
+                raise ValueError(
+                    "state_dict's param groups have no adapeft_name: it is not from GeNAdaPEFT.state_dict(); "
+                    "load an inner optimizer's state into the inner optimizer before wrapping it"
+                )
+            raise ValueError(f"state_dict is for groups {names}, this optimizer has "
+                             f"{[g['adapeft_name'] for g in self.param_groups]}; build it with the same groups")
+        for i, g in enumerate(groups):
+            missing = [f"adapeft_{k}" for k in (*_GROUP_START, *_SHARED_START) if f"adapeft_{k}" not in g]
+            if missing:
+                raise ValueError(f"state_dict['param_groups'][{i}] lacks {missing}; save it with opt.state_dict()")
             for key, low in (("factor", 0.0), ("spacing", 1.0), ("appi", 0.0)):
-                value = st.get(key) if isinstance(st, Mapping) else None
+                value = g[f"adapeft_{key}"]
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
                 if not ok or value < low or (key == "factor" and value == 0.0):
                     bound = "> 0" if key == "factor" else f">= {low:g}"
-                    raise ValueError(
-                        f"state_dict['adapeft']['stats'][{name!r}][{key!r}] = {value!r}: must be a finite "
-                        f"number {bound}"
-                    )
-        saved_names = [g.get("adapeft_name") for g in state_dict.get("param_groups", ())]
-        if saved_names != [g["adapeft_name"] for g in self.param_groups]:
-            raise ValueError("state_dict's param groups do not match this optimizer's; build it with the same groups")
-        mask = extra["mask"]
-        if mask is not None and (isinstance(mask, str) or any(n not in stats for n in mask)):
-            raise ValueError(f"state_dict['adapeft']['mask'] = {mask!r} names unknown groups; the groups are {self.names}")
-        return dict(extra)
+                    raise ValueError(f"state_dict['param_groups'][{i}]['adapeft_{key}'] = {value!r}: must be "
+                                     f"a finite number {bound}")
+            step = g["adapeft_step"]
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise ValueError(f"state_dict['param_groups'][{i}]['adapeft_step'] must be an int >= 0, got {step!r}")
+            mask = g["adapeft_mask"]
+            if mask is not None and (isinstance(mask, str) or any(n not in names for n in mask)):
+                raise ValueError(f"state_dict['param_groups'][{i}]['adapeft_mask'] = {mask!r} names unknown "
+                                 f"groups; the groups are {list(dict.fromkeys(names))}")
 
     def __getstate__(self) -> Dict[str, Any]:
         # torch's Optimizer.__getstate__ keeps defaults/state/param_groups only, which here are

@@ -114,15 +114,16 @@ def _corrupt(sd, path, value):
 @pytest.mark.parametrize(
     "path, value, match",
     [
-        (("adapeft", "stats", "first", "factor"), math.nan, r"\['first'\]\['factor'\] = nan: must be a finite number > 0"),
-        (("adapeft", "stats", "last", "factor"), -1.0, r"\['last'\]\['factor'\] = -1.0"),
-        (("adapeft", "stats", "first", "factor"), "2", r"\['factor'\] = '2'"),
-        (("adapeft", "stats", "first", "appi"), math.inf, r"\['appi'\] = inf"),
-        (("adapeft", "stats", "last", "spacing"), 0.5, r"\['spacing'\] = 0.5: must be a finite number >= 1"),
-        (("adapeft", "step"), -3, r"\['step'\] must be an int >= 0"),
-        (("adapeft", "mask"), ["nope"], r"\['mask'\] = \['nope'\] names unknown groups"),
-        (("adapeft", "history"), KeyError, r"lacks \['history'\]"),
-        (("adapeft",), KeyError, "no 'adapeft' entry"),
+        (("param_groups", 0, "adapeft_factor"), math.nan, r"\[0\]\['adapeft_factor'\] = nan: must be a finite number > 0"),
+        (("param_groups", 1, "adapeft_factor"), -1.0, r"\[1\]\['adapeft_factor'\] = -1.0"),
+        (("param_groups", 0, "adapeft_factor"), "2", r"\['adapeft_factor'\] = '2'"),
+        (("param_groups", 0, "adapeft_appi"), math.inf, r"\['adapeft_appi'\] = inf"),
+        (("param_groups", 1, "adapeft_spacing"), 0.5, r"\['adapeft_spacing'\] = 0.5: must be a finite number >= 1"),
+        (("param_groups", 0, "adapeft_step"), -3, r"\['adapeft_step'\] must be an int >= 0"),
+        (("param_groups", 1, "adapeft_mask"), ["nope"], r"\['adapeft_mask'\] = \['nope'\] names unknown groups"),
+        (("param_groups", 0, "adapeft_recent_l0"), KeyError, r"lacks \['adapeft_recent_l0'\]"),
+        (("param_groups", 0, "adapeft_name"), "other", r"is for groups \['other', 'last'\]"),
+        (("param_groups",), KeyError, "no list of param_groups"),
         (("param_groups", 0, "params"), [0, 1, 2], "doesn't match the size|does not match"),
     ],
 )
@@ -172,3 +173,65 @@ def test_keyboard_interrupt_in_a_probe_applies_no_part_of_its_fit():
     assert opt._stats == stats and opt.history == history
     for p, q in zip(model.parameters(), twin_model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
+
+
+def test_distributed_checkpoint_state_dict_round_trips_and_a_fresh_optimizer_is_not_stepped():
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    model, opt = _trained(steps=5)
+    sd = get_optimizer_state_dict(model, opt)  # the path of FSDP2 and torchtitan checkpoints
+    assert sd["param_groups"][0]["adapeft_step"] == 5
+
+    fresh_model, _ = model_and_groups(seed=9)
+    calls = []
+    fresh = GeNAdaPEFT(torch.optim.AdamW(fresh_model.parameters(), lr=1e-2),
+                       closure=lambda b: calls.append(1) or loss_of(fresh_model, b),
+                       probe_data=[data(s) for s in range(5, 8)],
+                       groups={"first": list(fresh_model[0].parameters()), "last": list(fresh_model[2].parameters())},
+                       lazy=2)
+    start = [p.detach().clone() for p in fresh_model.parameters()]
+    get_optimizer_state_dict(fresh_model, fresh)  # initialises the inner state with an lr-0 step
+    assert not calls and fresh._step == 0 and not fresh.history
+    assert all(torch.equal(p, q) for p, q in zip(fresh_model.parameters(), start))
+
+    fresh_model.load_state_dict(model.state_dict())
+    set_optimizer_state_dict(fresh_model, fresh, copy.deepcopy(sd))  # as if saved and loaded: no shared moments
+    assert fresh.lrs == opt.lrs and fresh.appi == opt.appi and fresh._step == opt._step
+    for m, o in ((model, opt), (fresh_model, fresh)):
+        for seed in (20, 21, 22):
+            o.zero_grad()
+            loss_of(m, data(seed)).backward()
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh_model.parameters()))
+    assert fresh.lrs == opt.lrs and fresh.appi == opt.appi
+
+
+def test_checkpoint_size_does_not_grow_with_steps_and_history_is_bounded():
+    import io
+
+    model, groups = model_and_groups()
+    batches = [data(seed) for seed in range(4)]
+    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=1e-3), closure=lambda b: loss_of(model, b),
+                     probe_data=batches, groups=groups, lazy=1, history_size=50)
+    sizes = []
+    for step in range(120):
+        opt.zero_grad()
+        loss_of(model, batches[step % 4]).backward()
+        opt.step()
+        if step in (20, 119):
+            buf = io.BytesIO()
+            torch.save(opt.state_dict(), buf)
+            sizes.append(len(buf.getvalue()))
+    assert sizes[1] <= sizes[0] + 64  # a few digits more in the counters, no per-step growth
+    assert len(opt.history) == 50 and opt.history[-1]["step"] == 119
+
+
+def test_state_dict_hooks_registered_on_the_wrapper_run():
+    model, opt = _trained()
+    seen = []
+    opt.register_state_dict_pre_hook(lambda o: seen.append("save pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: seen.append("save post"))
+    opt.register_load_state_dict_pre_hook(lambda o, sd: seen.append("load pre"))
+    opt.register_load_state_dict_post_hook(lambda o: seen.append("load post"))
+    opt.load_state_dict(opt.state_dict())
+    assert seen == ["save pre", "save post", "load pre", "load post"]

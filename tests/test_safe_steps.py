@@ -274,7 +274,7 @@ def test_deepcopy_and_pickle_keep_the_wrapper_and_continue_identically(how):
         twin_model, twin = pickle.loads(pickle.dumps((model, opt)))
     assert twin.closure is twin_model
     unpickled = pickle.loads(pickle.dumps(opt.state_dict()))
-    assert unpickled["adapeft"]["probe_count"] == opt.state_dict()["adapeft"]["probe_count"] == 2
+    assert unpickled["param_groups"][0]["adapeft_probe_count"] == opt._probe_count == 2
     for batch in train[3:]:
         for m, o in ((model, opt), (twin_model, twin)):
             o.zero_grad()
