@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from torch import nn
 from torch.optim import Optimizer
 
 from .fit import best_reduction, check_fit, fit_quadratic, newton_update
@@ -43,7 +44,9 @@ Closure = Callable[[], Union[torch.Tensor, float]]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 # All forwards of one probe replay the same RNG state (so dropout draws one mask for all of
 # them and the loss line is not noise), and the RNG state is put back afterwards: step() leaves
-# the global CPU and CUDA generators where it found them. If the closure raises, the step is
+# the global CPU and CUDA generators where it found them. Buffers a forward changes (BatchNorm's
+# running statistics, spectral norm's u and v) are put back too (_KeepBuffers), so a probe step
+# leaves the model exactly as the training forward left it. If the closure raises, the step is
 # completed at the pre-probe learning rates (what a non-probe step would have done), the fit of
 # that probe is dropped, and the error propagates.
 
@@ -254,6 +257,36 @@ def _shared(key: str, doc: str) -> property:
             g[f"adapeft_{key}"] = value
 
     return property(get, set_, doc=doc)
+
+
+class _KeepBuffers:
+    """Puts back, on exit, the buffers of every module that ran a forward inside: BatchNorm's
+    running statistics and counter, spectral norm's u and v (Note [Probes leave no trace]).
+
+    A global forward pre-hook copies a module's own buffers the first time it runs, before its
+    own pre-hooks (spectral norm updates u and v in one) and its forward.
+    """
+
+    def __enter__(self) -> "_KeepBuffers":
+        self._saved: Dict[int, Tuple[nn.Module, Dict[str, torch.Tensor]]] = {}
+        self._handle = torch.nn.modules.module.register_module_forward_pre_hook(self._save)
+        return self
+
+    def _save(self, module: nn.Module, args: Any) -> None:
+        if id(module) not in self._saved:
+            self._saved[id(module)] = (module, {n: b.clone() for n, b in module._buffers.items() if b is not None})
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+        with torch.no_grad():
+            for module, saved in self._saved.values():
+                for name, value in saved.items():
+                    now = module._buffers.get(name)
+                    if now is not None and now.shape == value.shape and now.dtype == value.dtype:
+                        now.copy_(value)
+                    else:
+                        module._buffers[name] = value
+        self._saved.clear()
 
 
 class _Line:
@@ -830,6 +863,7 @@ class GeNAdaPEFT(Optimizer):
         step = self._step
         self._step += 1
         rng = _RNGState()
+        buffers = _KeepBuffers()
         done = False
 
         def losses_at(coefficients: Iterable[Sequence[float]]) -> List[torch.Tensor]:
@@ -840,6 +874,7 @@ class GeNAdaPEFT(Optimizer):
             return out
 
         try:
+            buffers.__enter__()
             points = [[0.0] * len(groups)]
             for name in names:
                 spacing = self._stats[name]["spacing"]
@@ -863,6 +898,7 @@ class GeNAdaPEFT(Optimizer):
                         torch._foreach_copy_(ps, saved)
             done = True
         finally:
+            buffers.__exit__()
             rng.restore()
             if not done:
                 if unit:

@@ -235,3 +235,38 @@ def test_state_dict_hooks_registered_on_the_wrapper_run():
     opt.register_load_state_dict_post_hook(lambda o: seen.append("load post"))
     opt.load_state_dict(opt.state_dict())
     assert seen == ["save pre", "save post", "load pre", "load post"]
+
+
+class Normed(nn.Module):
+    """BatchNorm, old-style spectral_norm and the parametrization's spectral_norm: every buffer
+    a training forward changes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.utils.spectral_norm(nn.Linear(4, 8))
+        self.bn = nn.BatchNorm1d(8)
+        self.b = nn.utils.parametrizations.spectral_norm(nn.Linear(8, 1))
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.bn(self.a(x))))
+
+
+def test_probe_forwards_leave_every_buffer_as_the_training_forward_left_it():
+    model = Normed().train()
+    twin = copy.deepcopy(model)
+    params = lambda m: [p for p in m.parameters()]  # noqa: E731
+    opt = GeNAdaPEFT(torch.optim.SGD(params(model), lr=0.05), closure=lambda b: loss_of(model, b),
+                     probe_data=[data(s) for s in range(10, 13)], groups={"all": params(model)}, lazy=1,
+                     adapt_lr=False)  # influence only: the trajectory is the bare SGD's, bit for bit
+    bare = torch.optim.SGD(params(twin), lr=0.05)
+    for seed in range(4):
+        for m, o in ((model, opt), (twin, bare)):
+            o.zero_grad()
+            loss_of(m, data(seed)).backward()
+            o.step()
+        for (name, b1), (_, b2) in zip(model.named_buffers(), twin.named_buffers()):
+            assert torch.equal(b1, b2), name
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+    assert int(model.bn.num_batches_tracked) == 4  # the training forwards only
+    assert len(opt.history) == 4
