@@ -113,6 +113,19 @@ def _check_inner(optimizer: Optimizer) -> None:
             f"{name}(maximize=True) is not supported: the probes fit the loss the closure returns, which "
             "the step must decrease; minimise the negated objective instead"
         )
+    for g in groups:
+        for p in g["params"]:
+            if type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor":
+                raise NotImplementedError(
+                    "sharded parameters (DTensor: FSDP2's fully_shard, tensor parallel) are not supported: the "
+                    "probes move and restore whole parameters. Use DDP (DistributedDataParallel), or probe a "
+                    "single-process proxy and transfer the selection (transfer_selection / apply_selection)"
+                )
+            if getattr(p, "_is_flat_param", False) or type(p).__name__ == "FlatParameter":
+                raise NotImplementedError(
+                    "FSDP (FullyShardedDataParallel) flat parameters are not supported: ranks hold different "
+                    "shards, so they would probe different groups. Use DDP, or probe a single-process proxy"
+                )
     if getattr(optimizer.step, "_wrapped_by_lr_sched", False):
         raise RuntimeError(
             "an LR scheduler was built on this optimizer before wrapping it; GeNAdaPEFT splits its param "

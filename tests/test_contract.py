@@ -270,3 +270,18 @@ def test_probe_forwards_leave_every_buffer_as_the_training_forward_left_it():
         assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
     assert int(model.bn.num_batches_tracked) == 4  # the training forwards only
     assert len(opt.history) == 4
+
+
+def test_sharded_parameters_are_refused_at_construction(tmp_path):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        weight = nn.Parameter(distribute_tensor(torch.randn(4, 4), mesh, [Shard(0)]))
+        with pytest.raises(NotImplementedError, match=r"sharded parameters \(DTensor: FSDP2"):
+            GeNAdaPEFT(torch.optim.AdamW([weight], lr=1e-3), groups={"w": [weight]})
+    finally:
+        dist.destroy_process_group()
