@@ -133,6 +133,24 @@ def _check_inner(optimizer: Optimizer) -> None:
         )
 
 
+def _step_without_global_hooks(inner: Optimizer) -> Any:
+    """``inner.step()`` with its own step hooks but not the global ones: those already ran for
+    the wrapper's step, and one ``opt.step()`` is one step to a global hook."""
+    raw = getattr(type(inner).step, "__wrapped__", None)  # torch's hook wrapper keeps the original
+    if raw is None or "step" in vars(inner):
+        return inner.step()
+    args: tuple = ()
+    kwargs: Dict[str, Any] = {}
+    for hook in inner._optimizer_step_pre_hooks.values():
+        result = hook(inner, args, kwargs)
+        if result is not None:
+            args, kwargs = result
+    out = raw(inner, *args, **kwargs)
+    for hook in inner._optimizer_step_post_hooks.values():
+        hook(inner, args, kwargs)
+    return out
+
+
 def _check_takes_batch(closure: Callable[..., Any]) -> None:
     try:
         signature = inspect.signature(closure)
@@ -745,7 +763,7 @@ class GeNAdaPEFT(Optimizer):
         for g, lr in zip(self.param_groups, lrs):
             _set_lr(g, lr)
         try:
-            self.optimizer.step()
+            _step_without_global_hooks(self.optimizer)
         finally:
             for g, lr in zip(self.param_groups, saved):
                 g["lr"] = lr
@@ -771,7 +789,7 @@ class GeNAdaPEFT(Optimizer):
         if all(lr == 0.0 for lr in self._effective_lrs()):
             # A step that moves nothing (torch.distributed.checkpoint's state initialisation sets
             # every lr to 0; a schedule at 0): the inner step alone, not probed, not counted.
-            self.optimizer.step()
+            _step_without_global_hooks(self.optimizer)
             return None
         probing = self.lazy > 0 and self._step % self.lazy == 0
         loss = None

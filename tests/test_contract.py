@@ -285,3 +285,28 @@ def test_sharded_parameters_are_refused_at_construction(tmp_path):
             GeNAdaPEFT(torch.optim.AdamW([weight], lr=1e-3), groups={"w": [weight]})
     finally:
         dist.destroy_process_group()
+
+
+def test_step_hooks_fire_once_per_step():
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    model, opt = _trained(steps=1)  # the next step does not probe, the one after does
+    calls = []
+    handles = [
+        register_optimizer_step_pre_hook(lambda o, a, k: calls.append(("global pre", type(o).__name__))),
+        register_optimizer_step_post_hook(lambda o, a, k: calls.append(("global post", type(o).__name__))),
+        opt.register_step_pre_hook(lambda o, a, k: calls.append(("wrapper pre", type(o).__name__))),
+        opt.optimizer.register_step_post_hook(lambda o, a, k: calls.append(("inner post", type(o).__name__))),
+    ]
+    try:
+        for seed in (40, 41):  # a plain step, then a probe step
+            calls.clear()
+            opt.zero_grad()
+            loss_of(model, data(seed)).backward()
+            opt.step()
+            assert sorted(calls) == [("global post", "GeNAdaPEFT"), ("global pre", "GeNAdaPEFT"),
+                                     ("inner post", "AdamW"), ("wrapper pre", "GeNAdaPEFT")]
+    finally:
+        for h in handles:
+            h.remove()
+    assert opt._step == 3 and len({r["step"] for r in opt.history}) == 2
