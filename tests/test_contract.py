@@ -310,3 +310,51 @@ def test_step_hooks_fire_once_per_step():
         for h in handles:
             h.remove()
     assert opt._step == 3 and len({r["step"] for r in opt.history}) == 2
+
+
+@pytest.mark.parametrize("inner_kwargs", [{"foreach": False}, {"foreach": True}, {"fused": True}],
+                         ids=["for-loop", "foreach", "fused"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weights_only_checkpoint_resumes_bit_identically_for_every_adamw_implementation(inner_kwargs, dtype):
+    import io
+
+    def build(seed):
+        model, _ = model_and_groups(seed)
+        model = model.to(dtype)
+        opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, **inner_kwargs),
+                         closure=lambda b: loss_of(model, (b[0].to(dtype), b[1].to(dtype))),
+                         probe_data=[data(s) for s in range(50, 53)],
+                         groups={"first": list(model[0].parameters()), "last": list(model[2].parameters())}, lazy=2)
+        return model, opt
+
+    def train(model, opt, seeds):
+        for seed in seeds:
+            x, y = data(seed)
+            opt.zero_grad()
+            loss_of(model, (x.to(dtype), y.to(dtype))).backward()
+            opt.step()
+
+    model, opt = build(0)
+    train(model, opt, range(5))
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    checkpoint = torch.load(buf, weights_only=True)  # plain containers and tensors only
+    resumed_model, resumed = build(7)
+    resumed_model.load_state_dict(checkpoint["model"])
+    resumed.load_state_dict(checkpoint["opt"])
+    train(model, opt, range(5, 10))
+    train(resumed_model, resumed, range(5, 10))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed_model.parameters()))
+    assert resumed.lrs == opt.lrs and resumed.appi == opt.appi
+    assert any(r["accepted"] for r in opt.history)
+
+
+def test_a_step_without_gradients_is_the_inner_optimizers_no_op():
+    model, groups = model_and_groups()
+    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-2), closure=lambda b: loss_of(model, b),
+                     probe_data=[data(0)], groups=groups, lazy=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()  # no backward: AdamW skips parameters without .grad, and so does the probe
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert not opt.history and not opt.state
