@@ -223,11 +223,6 @@ def test_newton_update_closed_form(current, optimum, smoothing, max_change, expe
     assert got == pytest.approx(expected, rel=1e-14)
 
 
-@pytest.mark.parametrize("b, A, n", [(3.0, 2.0, 5), (1e-3, 4e2, 12345), (-2.0, 0.5, 1)])
-def test_per_parameter_influence_formula(b, A, n):
-    assert per_parameter_influence(b, A, n) == pytest.approx(b * b / (A * n), rel=1e-15)
-
-
 def test_ppi_does_not_depend_on_the_units_of_the_probe_points():
     # Fitting in units of the lr (t = η / lr) gives (lr·b, lr²·A); b²/(A n) is the same.
     b, A, lr, n = 0.8, 3e3, 1e-4, 1000

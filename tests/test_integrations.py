@@ -569,13 +569,3 @@ def test_fp16_grad_scaler_skipped_step_leaves_no_probe():
     # The skipped step did not count: the next real step is still the first probe step.
     _fp16_step(model, torch.amp.GradScaler("cpu"), opt, batches(1)[0])
     assert {r["step"] for r in opt.history} == {0}
-
-
-def test_grad_scaler_refuses_a_closure_argument():
-    model = gpt2(dropout=0.0)
-    opt = wrap(model, closure=replay_closure(model))
-    scaler = torch.amp.GradScaler("cpu")
-    with torch.autocast("cpu", dtype=torch.float16):
-        scaler.scale(model(**batches(1)[0]).loss).backward()
-    with pytest.raises(RuntimeError, match="Closure use is not currently supported"):
-        scaler.step(opt, closure=lambda: 0.0)
