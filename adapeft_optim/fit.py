@@ -1,5 +1,5 @@
 """The math of a probe, on plain numbers: quadratic fit of the loss line, its acceptance test,
-the Newton learning rate and the per-parameter influence (DESIGN §2, paper eq. 8-14).
+the Newton learning rate and the per-parameter influence (design §2, paper eq. 8-14).
 
 Along an update direction ``d`` the loss is, to second order,
 
@@ -140,7 +140,7 @@ def check_fit(fit: QuadraticFit, r2_min: float, z: float = 3.0) -> Optional[str]
 
 
 def newton_update(current: float, optimum: float, smoothing: float, max_change: float) -> float:
-    """Smoothed, clamped move of a learning rate towards its Newton value (DESIGN §4.6).
+    """Smoothed, clamped move of a learning rate towards its Newton value (design §4.6).
 
     ``current ← smoothing · current + (1 − smoothing) · clamp(optimum, current / max_change,
     current · max_change)``.

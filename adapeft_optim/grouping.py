@@ -1,4 +1,4 @@
-"""Split a model's parameters into the paper's named groups (DESIGN §5).
+"""Split a model's parameters into the paper's named groups (design §5).
 
 The groups are ``lora_A``, ``lora_B``, ``head``, ``norm``, ``bias``, ``embed`` and
 ``others``. A parameter is classified by the type of the module that owns it and by the

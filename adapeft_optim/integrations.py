@@ -1,4 +1,4 @@
-"""GeNAdaPEFT in HF ``Trainer``, ``accelerate`` and DDP loops (DESIGN §9, §4.9).
+"""GeNAdaPEFT in HF ``Trainer``, ``accelerate`` and DDP loops (design §9, §4.9).
 
 Probes must evaluate batches the step has not seen. :class:`ProbeBatches` draws them from a
 dataset with its own shuffling (a second iterator over the training data, or a held-out split)
@@ -491,7 +491,7 @@ def _callback_class() -> type:
         """Logs GeNAdaPEFT's per-group learning rates and APPI and can switch it to masked mode.
 
         On every Trainer log it adds ``adapeft/lr/<group>`` (the effective learning rate now,
-        after the scheduler's step: Newton lr × scheduled lr / base lr, DESIGN §4.2) and
+        after the scheduler's step: Newton lr × scheduled lr / base lr, design §4.2) and
         ``adapeft/appi/<group>`` for every group to the logged dict and to the matching
         ``trainer.state.log_history`` entry (saved in ``trainer_state.json``). Trainer places
         ``report_to`` integrations before user callbacks, so for them (wandb, tensorboard, ...)

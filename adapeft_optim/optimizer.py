@@ -1,7 +1,7 @@
 """GeNAdaPEFT: a torch.optim wrapper that sets a generalized-Newton learning rate per parameter
 group, accumulates each group's influence (APPI) and trains only a selected subset on request.
 
-DESIGN §3-§4 and §7; the paper's Algorithm 1 (arXiv 2505.12579) on top of GeN (Bu & Xu).
+design §3-§4 and §7; the paper's Algorithm 1 (arXiv 2505.12579) on top of GeN (Bu & Xu).
 """
 
 from __future__ import annotations
@@ -1111,7 +1111,7 @@ class GeNAdaPEFT(Optimizer):
         return select_groups(self.appi, self.numel, budget, method=method, requires=self.requires)
 
     def mask(self, selection) -> None:
-        """Switch to masked mode: only the selected groups train from now on (DESIGN §7).
+        """Switch to masked mode: only the selected groups train from now on (design §7).
 
         Unselected groups lose their gradients and inner optimizer state and are never updated
         again; with ``freeze=True`` they also get ``requires_grad_(False)``. Probes and APPI go on

@@ -1,4 +1,4 @@
-"""Which parameter groups to train under a parameter budget (DESIGN §2, §6; paper §3.2).
+"""Which parameter groups to train under a parameter budget (design §2, §6; paper §3.2).
 
 Choosing the groups is a 0-1 knapsack (paper eq. 11-13): group k is an item of weight
 ``n_k`` (its parameter count) and value ``V_k = APPI_k * n_k`` (its predicted loss

@@ -1,5 +1,5 @@
 """Masked mode against a hand-frozen AdamW loop with the same trainable groups, and against
-full fine-tuning, in one run (DESIGN §10: goal ≤ 1.05× the hand-frozen loop).
+full fine-tuning, in one run (design §10: goal ≤ 1.05× the hand-frozen loop).
 
     pytest benchmarks/test_bench_masked.py --benchmark-only
 

@@ -1,4 +1,4 @@
-"""GeNAdaPEFT against bare AdamW on the same model and batch, in one run (DESIGN §10).
+"""GeNAdaPEFT against bare AdamW on the same model and batch, in one run (design §10).
 
     pytest benchmarks/test_bench_optimizer.py --benchmark-only
 

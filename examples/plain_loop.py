@@ -1,4 +1,4 @@
-"""GeNAdaPEFT in a plain PyTorch training loop (DESIGN §1).
+"""GeNAdaPEFT in a plain PyTorch training loop (design §1).
 
 The only change to an ordinary loop is the optimizer line: AdamW is wrapped, told how to
 compute a batch's loss (the closure, a forward pass only), which batches to probe on (batches

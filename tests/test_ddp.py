@@ -1,6 +1,6 @@
 """GeNAdaPEFT under DistributedDataParallel: two gloo processes on CPU, different data per rank.
 
-DESIGN §4.9: probe losses are all-reduced (mean) before fitting, so every rank computes the same
+design §4.9: probe losses are all-reduced (mean) before fitting, so every rank computes the same
 learning rates, APPI, records and selection, and the parameters stay identical. Masked mode has
 two supported paths, both run here: ``freeze=False`` (DDP keeps reducing every gradient, the
 optimizer drops the unselected ones), and ``freeze=True`` followed by re-wrapping the module in

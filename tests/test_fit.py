@@ -2,7 +2,7 @@
 
 Every expectation here is computed independently of the code under test: exact parabolas
 (the fit must give back the coefficients that generated the data), a 2x2 normal-equation
-solve by Cramer's rule for noisy data, and the formulas of DESIGN §2 / §4.6 by hand.
+solve by Cramer's rule for noisy data, and the formulas of design §2 / §4.6 by hand.
 """
 
 from __future__ import annotations

@@ -302,7 +302,7 @@ def test_trainer_logs_lr_and_appi_of_every_group(tmp_path):
         series = [entry[f"adapeft/appi/{name}"] for entry in logs]
         assert series == sorted(series)
         assert logs[-1][f"adapeft/appi/{name}"] == opt.appi[name]
-    # Trainer's default linear schedule ends at 0, and it multiplies the Newton lrs (DESIGN §4.2).
+    # Trainer's default linear schedule ends at 0, and it multiplies the Newton lrs (design §4.2).
     assert all(logs[-1][f"adapeft/lr/{name}"] == 0.0 for name in opt.names)
     assert all(lr == 0.0 for lr in opt.lrs.values())
 

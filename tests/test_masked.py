@@ -1,4 +1,4 @@
-"""Selection from a real warm-up, masked mode and resume across the switch (DESIGN §6-§7)."""
+"""Selection from a real warm-up, masked mode and resume across the switch (design §6-§7)."""
 
 from __future__ import annotations
 

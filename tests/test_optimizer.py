@@ -1,4 +1,4 @@
-"""Tests for GeNAdaPEFT (DESIGN §3, §4, §7), each against an independent expectation.
+"""Tests for GeNAdaPEFT (design §3, §4, §7), each against an independent expectation.
 
 The oracles: the bare inner optimizer on a deep-copied twin, a plain AdamW loaded with the
 pre-step state, closed forms on a quadratic loss, exact Hessian-vector products by double
