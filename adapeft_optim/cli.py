@@ -1,4 +1,4 @@
-"""The ``adapeft`` command line (DESIGN §8).
+"""The ``adapeft`` command line (design §8).
 
 ``adapeft demo``
     Algorithm 2 end to end on the embedded synthetic task (:mod:`adapeft_optim.demo`).
@@ -7,9 +7,14 @@
     parameter group, the greedy frontier, ``selection.json`` and plots, to train the selected
     groups with your usual PEFT loop (``apply_selection(model, Selection.load(path))``).
 
-Errors in the input (a missing folder, a folder without ``config.json`` or tokenizer, an
-unknown model type, an unreadable or malformed data file, an empty one) end the command with
-exit status 2 and one line on stderr that names the problem and the fix; no traceback.
+Errors in the input (a bad option, a missing folder, a folder without ``config.json`` or
+tokenizer, an unknown model type or one that does not fit the data, an unreadable or malformed
+data file, an empty one, a device that is not there) end the command with exit status 2 and one
+line on stderr that names the problem and the fix; no traceback. Warnings (too few valued
+probes, the optimizer's divergence guard) are one line each on stderr as well.
+
+Building the parser imports neither torch nor transformers (seconds), so ``adapeft --help``
+answers at once; every heavy import happens inside the command that needs it.
 
 Example::
 
@@ -24,6 +29,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -61,6 +67,21 @@ class CLIError(Exception):
 
 # -- parser -------------------------------------------------------------------------------------
 
+# The demo's defaults, repeated here so that building the parser needs no torch; a test checks
+# them against adapeft_optim.task.
+_DEMO_SIZES = "tiny (1x32), small (2x64), large (4x128), xl (6x192)"
+_DEMO_PRETRAIN_STEPS = 200
+_DEMO_BATCH_SIZE = 16
+_METHODS = ("greedy", "prefix", "exact")
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)\Z")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``adapeft select: error: ... (see adapeft select --help)``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def _fraction(text: str) -> float:
     try:
@@ -96,12 +117,29 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``adapeft`` argument parser (subcommands ``demo`` and ``select``)."""
-    from . import __version__
-    from . import task as T
+def _device(text: str) -> str:
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid device {text!r}: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps"
+        )
+    return text
 
-    parser = argparse.ArgumentParser(
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``adapeft`` argument parser (subcommands ``demo`` and ``select``).
+
+    It imports neither torch nor transformers, so ``--help`` is immediate.
+    """
+    from . import __version__
+
+    parser = _Parser(
         prog="adapeft",
         description=(
             "AdaPEFT on GeN: parameter influence (APPI) per group and Pareto-optimal PEFT "
@@ -115,13 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--out", default="adapeft_out", help="output folder (default: adapeft_out)")
     common.add_argument(
         "--method",
-        choices=("greedy", "exact"),
+        choices=_METHODS,
         default="greedy",
-        help="selection method (default: greedy)",
+        help="selection method: greedy (APPI order, skipping what does not fit), prefix (stop "
+        "at the first that does not fit), exact (0-1 knapsack) (default: greedy)",
     )
     common.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     common.add_argument(
-        "--quiet", action="store_true", help="no progress bars or phase messages, tables only"
+        "--quiet", action="store_true", help="no progress or phase messages, tables only"
     )
 
     demo = sub.add_parser(
@@ -130,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Algorithm 2 end to end on the embedded synthetic task (offline, minutes on CPU)",
         description=(
             "Pre-train a small and a larger GPT-2 on synthetic task A (cached), probe the small "
-            "one with LoRA on the shifted task B for ~10%% of the steps, select groups at "
+            "one with LoRA on the shifted task B for ~10% of the steps, select groups at "
             "--budget, transfer the selection to the larger model, train it, and compare with "
             "fixed PEFT recipes. Writes PNGs, results.json and selection.json to --out."
         ),
@@ -150,9 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="fraction of the small model's parameters to select (default: 0.1)",
     )
-    sizes = ", ".join(f"{k} ({v[0]}x{v[1]})" for k, v in T.SIZES.items())
     demo.add_argument(
-        "--small", default="small", help=f"probed model size: {sizes} or LxD (default: small)"
+        "--small",
+        default="small",
+        help=f"probed model size: {_DEMO_SIZES} or LxD (default: small)",
     )
     demo.add_argument(
         "--large", default="large", help="size the selection is transferred to (default: large)"
@@ -169,14 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--pretrain-steps",
         type=_positive_int,
-        default=T.PRETRAIN_STEPS,
-        help=f"pre-training steps on task A, cached per size (default: {T.PRETRAIN_STEPS})",
+        default=_DEMO_PRETRAIN_STEPS,
+        help=f"pre-training steps on task A, cached per size (default: {_DEMO_PRETRAIN_STEPS})",
     )
     demo.add_argument(
         "--batch-size",
         type=_positive_int,
-        default=T.BATCH_SIZE,
-        help=f"sequences per step (default: {T.BATCH_SIZE})",
+        default=_DEMO_BATCH_SIZE,
+        help=f"sequences per step (default: {_DEMO_BATCH_SIZE})",
+    )
+    demo.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch CPU threads; the demo's tiny models run fastest on one, and the numbers "
+        "depend on it (default: 1)",
     )
     demo.set_defaults(func=_run_demo)
 
@@ -186,9 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="probe a local Hugging Face model on your data and select parameter groups",
         description=(
             "Load a local Hugging Face model folder (config.json, weights, tokenizer) and a "
-            "JSONL or CSV file (a 'text' column: language modelling; with a 'label' column: "
-            "sequence classification), run GeNAdaPEFT's probe phase, and write selection.json, "
-            "results.json and plots to --out."
+            "JSONL or CSV file (a 'text' column: causal language modelling, which needs a "
+            "causal LM such as GPT-2 or Llama; with a label column: sequence classification, "
+            "for encoders such as BERT as well), run GeNAdaPEFT's probe phase, and write "
+            "selection.json, results.json and plots to --out."
         ),
     )
     select.add_argument(
@@ -204,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of the parameters to select, e.g. 0.01",
     )
     select.add_argument(
-        "--steps", type=_positive_int, default=40, help="probe-phase steps (default: 40)"
+        "--steps",
+        type=_positive_int,
+        default=40,
+        help="probe-phase steps; a probe every LAZY steps, and a group's rank needs 3 valued "
+        "probes (default: 40)",
     )
     select.add_argument(
         "--lazy", type=_positive_int, default=4, help="probe every LAZY steps (default: 4)"
@@ -248,6 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="group by parameter role, or by role and transformer block (default: type)",
     )
     select.add_argument("--seed", type=int, default=0, help="seed of the batch order (default: 0)")
+    select.add_argument(
+        "--device",
+        type=_device,
+        default="auto",
+        help="auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps (default: auto)",
+    )
+    select.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads; on a busy machine 1 can be several times faster than more "
+        "(default: the usable cores, at most 4)",
+    )
     select.set_defaults(func=_run_select)
     return parser
 
@@ -261,28 +326,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse already printed usage and the error (or --help)
+    except SystemExit as exit_:  # argparse already printed the error line (or --help)
         return exit_.code if isinstance(exit_.code, int) else 0
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    prog = f"adapeft {args.command}"
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"{prog}: warning: {text}", file=sys.stderr, flush=True)
+
     from .demo import DemoError
 
-    try:
-        return args.func(args)
-    except CLIError as err:
-        print(f"adapeft {args.command}: error: {err}", file=sys.stderr)
-        return err.code
-    except DemoError as err:
-        print(f"adapeft {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"adapeft {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line  # restored on leaving the block
+        try:
+            return args.func(args)
+        except CLIError as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return err.code
+        except DemoError as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
 
 
-def _show_progress(args: argparse.Namespace) -> bool:
-    return not args.quiet and sys.stderr.isatty()
+def _progress_mode(args: argparse.Namespace) -> str | None:
+    """``"bar"`` (tqdm on a terminal), ``"lines"`` (plain lines on stdout, for logs and pipes)
+    or ``None`` (``--quiet``)."""
+    if args.quiet:
+        return None
+    return "bar" if sys.stderr.isatty() else "lines"
+
+
+def _set_threads(requested: int | None) -> int:
+    """Set torch's intra-op threads (``None``: the usable cores, at most 4); returns the count."""
+    import torch
+
+    torch.set_num_threads(requested or min(4, _usable_cores()))
+    return torch.get_num_threads()
+
+
+def _resolve_device(spec: str):
+    """The ``torch.device`` of ``--device`` (checked: the device must be there)."""
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = (
+                f"this torch {torch.__version__} is a CPU-only build"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible"
+            )
+            raise CLIError(f"--device {spec}: {why}; use --device cpu (or auto)")
+        index = int(spec.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise CLIError(
+                f"--device {spec}: there {'is' if count == 1 else 'are'} {count} CUDA "
+                f"device{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1}); pick one of "
+                f"them or use --device cuda"
+            )
+    if spec == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise CLIError("--device mps: Apple's MPS backend is not available here; use --device cpu")
+    return torch.device(spec)
 
 
 def _output_folder(out: str) -> Path:
@@ -300,6 +414,7 @@ def _output_folder(out: str) -> Path:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
     from .demo import DemoConfig, run_demo
 
     config = DemoConfig(
@@ -316,7 +431,10 @@ def _run_demo(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
     )
     run_demo(
-        _output_folder(args.out), config, progress=_show_progress(args), verbose=not args.quiet
+        _output_folder(args.out),
+        config,
+        progress=_progress_mode(args) or False,
+        verbose=not args.quiet,
     )
     return 0
 
@@ -383,6 +501,12 @@ def load_examples(
                     f"(classification) or none (language modelling)"
                 )
             continue
+        if label_key not in row and label_column is not None:
+            fields = ", ".join(repr(k) for k in row) or "none"
+            raise CLIError(
+                f"{where}: no '{label_key}' field (fields: {fields}); name the label field "
+                "with --label-column, or leave it out for language modelling"
+            )
         value = row.get(label_key)
         if value is None or value == "":
             raise CLIError(
@@ -428,38 +552,47 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
 def _read_csv(
     path: Path, text_column: str, label_column: str | None, delimiter: str
 ) -> list[tuple[int, dict]]:
-    rows = []
+    """Rows of a CSV file with the line each *starts* on (a quoted field may span lines)."""
+    rows: list[tuple[int, dict]] = []
+    header: list[str] | None = None
+    start = 1  # the line the record being read starts on
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
+            # strict: an unterminated quote is an error, not a field swallowing the file's rest
+            reader = csv.reader(f, delimiter=delimiter, strict=True)
             try:
-                header = reader.fieldnames
-                if not header:
-                    return []
-                if text_column not in header:
-                    raise CLIError(
-                        f"{path}: no '{text_column}' column (columns: {', '.join(header)}); "
-                        "name the text column with --text-column"
-                    )
-                if label_column is not None and label_column not in header:
-                    raise CLIError(
-                        f"{path}: no '{label_column}' column (columns: {', '.join(header)}); "
-                        "name the label column with --label-column"
-                    )
-                for row in reader:
-                    line = reader.line_num
-                    if None in row:
+                for fields in reader:
+                    line, start = start, reader.line_num + 1
+                    if not fields:  # a blank line
+                        continue
+                    if header is None:
+                        header = fields
+                        _check_csv_header(path, header, text_column, label_column)
+                        continue
+                    if len(fields) > len(header):
                         raise CLIError(
-                            f"{path}:{line}: more fields than the header has ({len(header)})"
+                            f"{path}:{line}: {len(fields)} fields, more than the header's "
+                            f"{len(header)} ({', '.join(header)}); quote fields that hold a "
+                            f"'{delimiter}'"
                         )
-                    missing = [k for k, v in row.items() if v is None]
-                    if text_column in missing:
+                    row = {h: fields[i] if i < len(fields) else None for i, h in enumerate(header)}
+                    if row[text_column] is None:
                         raise CLIError(
-                            f"{path}:{line}: fewer fields than the header; no '{text_column}' value"
+                            f"{path}:{line}: {len(fields)} fields, fewer than the header's "
+                            f"{len(header)}; no '{text_column}' value"
                         )
-                    rows.append((line, {k: v for k, v in row.items() if v is not None}))
+                    rows.append((line, row))
             except csv.Error as err:
-                raise CLIError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
+                if "unexpected end of data" in str(err):
+                    raise CLIError(
+                        f"{path}:{start}: a quoted field opened on this line is never closed "
+                        f"(the file ends at line {reader.line_num}); add the closing quote, "
+                        f'and write a quote inside a quoted field as ""'
+                    ) from None
+                raise CLIError(
+                    f"{path}:{start}: malformed CSV ({err}); write a quote inside a quoted "
+                    f'field as ""'
+                ) from None
     except UnicodeDecodeError as err:
         raise CLIError(
             f"data file {path} is not UTF-8 text ({err.reason} at byte {err.start})"
@@ -467,6 +600,22 @@ def _read_csv(
     except OSError as err:
         raise CLIError(f"cannot read data file {path}: {err.strerror or err}") from None
     return rows
+
+
+def _check_csv_header(
+    path: Path, header: list[str], text_column: str, label_column: str | None
+) -> None:
+    columns = ", ".join(header)
+    if text_column not in header:
+        raise CLIError(
+            f"{path}: no '{text_column}' column (columns: {columns}); name the text column "
+            "with --text-column"
+        )
+    if label_column is not None and label_column not in header:
+        raise CLIError(
+            f"{path}: no '{label_column}' column (columns: {columns}); name the label column "
+            "with --label-column, or leave it out for language modelling"
+        )
 
 
 def _label_ids(labels: list[Any]) -> tuple[list[int], list[str]]:
@@ -551,8 +700,12 @@ def _load_model(folder: str, classification: bool, classes: list[str] | None):
     hf_logging.set_verbosity_error()  # "newly initialised classifier" notices are expected here
     hf_logging.disable_progress_bar()
     try:
-        model = auto.from_pretrained(
-            folder, config=config, local_files_only=True, ignore_mismatched_sizes=True
+        model, info = auto.from_pretrained(
+            folder,
+            config=config,
+            local_files_only=True,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
         )
     except ValueError as err:
         if "Unrecognized configuration class" in str(err):
@@ -573,9 +726,74 @@ def _load_model(folder: str, classification: bool, classes: list[str] | None):
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    if not classification and getattr(model, "loss_type", None) is None:
-        model.loss_type = "ForCausalLM"  # what transformers falls back to, minus its warning
+    if not classification:
+        # transformers' own notices (hidden above) would only hint at these two; say them.
+        if _attends_ahead(model):
+            raise CLIError(
+                f"{folder} holds a {model_type!r} model whose attention is bidirectional (an "
+                f"encoder): as a language model every position would see the next token it is "
+                f"asked to predict, with a new, untrained head; give --label-column LABEL for "
+                f"sequence classification with an encoder, or use a causal language model "
+                f"(GPT-2, Llama, ...) for text alone"
+            )
+        missing = _missing_head(model, info.get("missing_keys", ()))
+        if missing:
+            raise CLIError(
+                f"{folder} has no weights for the language-model head ({', '.join(missing)}), "
+                f"which would start from random values and dominate every probe; save the model "
+                f"with its head (AutoModelForCausalLM ... .save_pretrained()), or give "
+                f"--label-column LABEL for sequence classification"
+            )
+        if getattr(model, "loss_type", None) is None:
+            model.loss_type = "ForCausalLM"  # what transformers falls back to, minus its warning
     return model
+
+
+def _attends_ahead(model) -> bool:
+    """Whether the first position's output depends on a later token: bidirectional attention.
+
+    Two sequences that differ from the second token on go through the model; under a causal
+    mask the first position's logits are the same (bit for bit on CPU: the masked scores are
+    exactly zero after the softmax); an encoder's are not.
+    """
+    import torch
+
+    vocab = model.get_input_embeddings().num_embeddings
+    length = 4
+    first = torch.arange(length) % vocab
+    second = first.clone()
+    second[1:] = (first[1:] + length) % vocab
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(
+                input_ids=torch.stack([first, second]),
+                attention_mask=torch.ones(2, length, dtype=torch.long),
+            ).logits[:, 0].float()
+    finally:
+        model.train(was_training)
+    change = (logits[0] - logits[1]).abs().max().item()
+    scale = logits.abs().max().item()
+    return change > 1e-5 * max(scale, 1e-12)
+
+
+def _missing_head(model, missing_keys) -> list[str]:
+    """The output layer's parameters that the checkpoint did not hold (initialised at random)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return []
+    prefix = next((name for name, module in model.named_modules() if module is head), None)
+    if prefix is None:
+        return []
+    mine = {f"{prefix}.{name}" for name, _ in head.named_parameters()}
+    # A tied head shares the input embedding's tensor, which the checkpoint holds.
+    tied = {
+        f"{prefix}.{name}"
+        for name, p in head.named_parameters()
+        if p is model.get_input_embeddings().weight
+    }
+    return sorted(k for k in missing_keys if k in mine and k not in tied)
 
 
 def _load_tokenizer(folder: str):
@@ -633,13 +851,6 @@ def _lora_targets(model) -> list[str]:
 
 
 def _run_select(args: argparse.Namespace) -> int:
-    import torch
-
-    from .demo import appi_table, format_table, json_safe
-    from .grouping import group_parameters
-    from .optimizer import GeNAdaPEFT
-    from .selection import pareto_frontier
-
     texts, raw_labels = load_examples(args.data, args.text_column, args.label_column)
     classification = raw_labels is not None
     labels, classes = _label_ids(raw_labels) if classification else (None, None)
@@ -648,6 +859,25 @@ def _run_select(args: argparse.Namespace) -> int:
             f"{args.data}: every example has the label {classes[0]!r}; classification needs "
             "2 or more classes"
         )
+    threads = _set_threads(args.threads)
+    device = _resolve_device(args.device)
+
+    import torch
+
+    from .demo import (
+        FewProbesWarning,
+        appi_table,
+        few_probes_message,
+        format_probe_summary,
+        format_table,
+        json_safe,
+        probe_summary,
+        select_or_explain,
+    )
+    from .grouping import group_parameters
+    from .optimizer import GeNAdaPEFT
+    from .selection import pareto_frontier
+
     model_dir = args.model
     model = _load_model(model_dir, classification, classes)
     tokenizer = _load_tokenizer(model_dir)
@@ -702,6 +932,7 @@ def _run_select(args: argparse.Namespace) -> int:
                     fan_in_fan_out=conv1d,
                 ),
             )
+    model.to(device)
     for p in model.parameters():  # the probe phase trains everything (Algorithm 2, line 2)
         p.requires_grad_(True)
     groups = group_parameters(model, granularity=args.granularity)
@@ -724,7 +955,7 @@ def _run_select(args: argparse.Namespace) -> int:
                 batch["labels"] = torch.tensor([labels[i] for i in idx])
             else:
                 batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-            yield dict(batch)
+            yield {k: v.to(device) for k, v in batch.items()}
 
     # Probes evaluate a second stream over the data, not the batch of the gradient (unbiased slope).
     opt = GeNAdaPEFT(
@@ -736,37 +967,50 @@ def _run_select(args: argparse.Namespace) -> int:
     )
     train_batches = batches(args.seed)
 
-    verbose = not args.quiet
-    if verbose:
+    task = "sequence-classification" if classification else "causal-lm"
+    if not args.quiet:
         kind = (
             f"classification ({len(classes)} classes)" if classification else "language modelling"
         )
         print(
             f"adapeft select: {type(model).__name__} from {model_dir}, {len(encoded)} examples, "
-            f"{kind}; {args.steps} steps, probing every {args.lazy}",
+            f"{kind}; {args.steps} steps, probing every {args.lazy}; on {device}, {threads} "
+            f"torch thread{'s' if threads != 1 else ''}",
             flush=True,
         )
-    from tqdm.auto import tqdm
+    mode = _progress_mode(args)
+    if mode == "bar":
+        from tqdm.auto import tqdm
 
+        bar = tqdm(total=args.steps, desc="probe phase", leave=False)
+    elif mode == "lines":
+        from .task import LineProgress
+
+        bar = LineProgress(args.steps, "probe phase")
+    else:
+        bar = None
     model.train()
-    for _ in tqdm(
-        range(args.steps), desc="probe phase", disable=not _show_progress(args), leave=False
-    ):
+    for _ in range(args.steps):
         loss = model(**next(train_batches)).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.update()
+    if bar is not None:
+        bar.close()
 
-    accepted = sum(1 for r in opt.history if r["accepted"])
-    if accepted == 0:
+    appi, numel = opt.appi, opt.numel
+    summary = probe_summary(opt.history, appi)
+    if not any(r["valued"] for r in summary):
         reasons = sorted({str(r["reason"]) for r in opt.history})
         raise CLIError(
-            f"no probe was accepted in {args.steps} steps (reasons: "
+            f"no probe was valued in {args.steps} steps (reasons: "
             f"{', '.join(reasons) or 'no probe ran'}); "
             f"run more --steps, probe more often (--lazy), or try another --lr",
             code=1,
         )
-    appi, numel = opt.appi, opt.numel
     total = sum(numel.values())
     frontier = pareto_frontier(appi, numel, method="greedy")
     appi_rows = appi_table(opt)
@@ -789,6 +1033,16 @@ def _run_select(args: argparse.Namespace) -> int:
         )
     )
     print()
+    print("probes per group (valued: counted in APPI; accepted: its lr fit was used)")
+    print(format_probe_summary(summary))
+    few = few_probes_message(
+        summary,
+        f"run more --steps (a probe every --lazy {args.lazy} steps) before trusting the "
+        "selection",
+    )
+    if few:
+        warnings.warn(few, FewProbesWarning, stacklevel=1)
+    print()
     print(
         format_table(
             ["k", "groups", "% params", "predicted value"],
@@ -799,27 +1053,52 @@ def _run_select(args: argparse.Namespace) -> int:
             "rlrr",
         )
     )
-    selection = opt.select(args.budget, method=args.method)
+    selection, empty = select_or_explain(opt, args.budget, args.method)
     if not selection.groups:
-        first = frontier[1]
-        raise CLIError(
-            f"--budget {args.budget:g} selects no group: the most influential group "
-            f"{first.groups[0]!r} alone "
-            f"holds {100 * first.fraction:.3g}% of the parameters; raise --budget to at least "
-            f"{math.ceil(first.fraction * 1e4) / 1e4:g}"
-        )
-    selection.save(out / "selection.json")
+        raise CLIError(f"--budget {args.budget:g} selects no group: {empty}")
+    if args.lora:
+        selection = selection.with_lora(model)
+    run = {
+        "base_model": str(Path(model_dir).resolve()),
+        "task": task,
+        "classes": classes,
+        "granularity": args.granularity,
+        "data": str(Path(args.data).resolve()),
+        "steps": args.steps,
+        "lazy": args.lazy,
+        "lr": args.lr,
+        "seed": args.seed,
+        "device": str(device),
+        "threads": threads,
+    }
+    # The Selection's own fields (groups, budget, method, lora, ...) and how it was made;
+    # Selection.load reads the former and ignores "run".
+    (out / "selection.json").write_text(
+        json.dumps(selection.to_dict() | {"run": run}, indent=2) + "\n", encoding="utf-8"
+    )
     files = ["results.json", "selection.json"]
     if not args.no_plots:
         from .plots import plot_appi_curves, plot_frontier, plot_ppi_heatmap
 
-        plot_ppi_heatmap(opt.history, out / "ppi_heatmap.png")
-        plot_appi_curves(opt.history, out / "appi_curves.png")
-        plot_frontier(frontier, out / "frontier.png")
+        name = Path(model_dir).name
+        plot_ppi_heatmap(
+            opt.history, out / "ppi_heatmap.png", title=f"influence per probe step ({name})"
+        )
+        plot_appi_curves(
+            opt.history, out / "appi_curves.png", title=f"APPI during the probe phase ({name})"
+        )
+        plot_frontier(
+            {"greedy APPI frontier": frontier},
+            out / "frontier.png",
+            budget=args.budget,
+            selection=selection,
+            title=f"predicted loss reduction vs parameters ({name})",
+        )
         files += ["ppi_heatmap.png", "appi_curves.png", "frontier.png"]
     results = json_safe(
         {
             "config": {k: v for k, v in vars(args).items() if k != "func"},
+            "run": run,
             "model": {
                 "class": type(model).__name__,
                 "parameters": total,
@@ -828,6 +1107,8 @@ def _run_select(args: argparse.Namespace) -> int:
             },
             "examples": len(encoded),
             "appi": appi_rows,
+            "probes": summary,
+            "warnings": [few] if few else [],
             "frontier": [
                 {"fraction": p.fraction, "value": p.value, "groups": list(p.groups)}
                 for p in frontier
@@ -842,8 +1123,29 @@ def _run_select(args: argparse.Namespace) -> int:
     )
     print()
     print(
-        f"selection at budget {args.budget:g}: {'+'.join(selection.groups)} = "
+        f"selection at budget {args.budget:g} ({args.method}): {'+'.join(selection.groups)} = "
         f"{selection.num_selected:,} "
         f"params ({100 * selection.fraction:.3g}%) -> {out / 'selection.json'}"
     )
+    for note in selection.notes:
+        print(f"note: {note}")
+    print(f"next: train it (README 'What next'): {_next_step(selection, out, args.lora)}")
     return 0
+
+
+def _next_step(selection, out: Path, lora: bool) -> str:
+    """The few calls that turn ``selection.json`` into a training run, on one line."""
+    from .grouping import base_name
+
+    load = f"sel = Selection.load('{out / 'selection.json'}')"
+    if lora and not any(base_name(g) == "others" for g in selection.groups):
+        return (
+            f"{load}; model = peft.get_peft_model(base, sel.to_peft_config(base)); "
+            "apply_selection(model, sel)"
+        )
+    if lora:  # base weights selected: peft cannot express it, the adapters come from sel.lora
+        return (
+            f"{load}; model = peft.get_peft_model(base, peft.LoraConfig(**sel.lora)); "
+            "apply_selection(model, sel)"
+        )
+    return f"{load}; apply_selection(base, sel)"

@@ -13,29 +13,55 @@
 6. ``results.json`` (every number of the tables, the probe history; JSON-safe: non-finite
    floats are ``null``), ``selection.json`` and PNGs in the output folder.
 
-Everything that enters ``results.json`` is a function of the arguments: the same seed gives
-the same file (timings are printed, not saved).
+Everything that enters ``results.json`` is a function of the arguments and of the number of
+torch threads (recorded in its ``config``; float sums are ordered differently with more
+threads, APPI moved by up to 0.3% between 1 and 2): the same seed and the same thread count
+give the same file (timings are printed, not saved).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import task as T
 
-__all__ = ["DemoConfig", "DemoError", "format_table", "json_safe", "run_demo"]
+__all__ = [
+    "MIN_VALUED_PROBES",
+    "DemoConfig",
+    "DemoError",
+    "FewProbesWarning",
+    "appi_table",
+    "few_probes_message",
+    "format_probe_summary",
+    "format_table",
+    "json_safe",
+    "probe_summary",
+    "run_demo",
+    "select_or_explain",
+]
+
+# APPI is a sum over probes; with fewer valued probes than this a group's rank rests on one or
+# two line fits, each on a single batch.
+MIN_VALUED_PROBES = 3
 
 
 class DemoError(RuntimeError):
     """A demo setting that cannot work (the message says which and what to change)."""
+
+
+class FewProbesWarning(UserWarning):
+    """Some groups have too few valued probes for their APPI rank to mean much."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +79,7 @@ class DemoConfig:
         warmup (int, optional): probing steps; ``None`` for 10% of ``steps`` (at least
             ``4 * lazy``, so a few probes happen) (default: None)
         lazy (int): probe every ``lazy`` warm-up steps (default: 2)
-        method (str): ``"greedy"`` or ``"exact"`` selection (default: "greedy")
+        method (str): ``"greedy"``, ``"prefix"`` or ``"exact"`` selection (default: "greedy")
         pretrain_steps (int): pre-training steps on task A (default: 200)
         batch_size (int): sequences per step (default: 16)
         plots (bool): write the PNGs (default: True)
@@ -87,8 +113,8 @@ class DemoConfig:
             raise DemoError(
                 f"Invalid budget: {self.budget!r}; use a fraction of parameters in (0, 1], e.g. 0.1"
             )
-        if self.method not in ("greedy", "exact"):
-            raise DemoError(f"Invalid method: {self.method!r}; use 'greedy' or 'exact'")
+        if self.method not in ("greedy", "prefix", "exact"):
+            raise DemoError(f"Invalid method: {self.method!r}; use 'greedy', 'prefix' or 'exact'")
         for key in ("small", "large"):
             try:
                 T.parse_size(getattr(self, key))
@@ -165,14 +191,15 @@ def _size_label(size: str) -> str:
 def appi_table(opt) -> list[dict]:
     """One row per group of a probed :class:`GeNAdaPEFT`, in greedy order (then unranked
     groups by name): numel, fraction, APPI, value (APPI x numel, the predicted loss reduction),
-    effective lr, probes run and accepted, and greedy rank (``None`` for groups with no
-    positive APPI)."""
+    effective lr, probes run, valued (counted in APPI) and accepted (lr fit used), and greedy
+    rank (``None`` for groups with no positive APPI)."""
     from .selection import pareto_frontier
 
     appi, numel, lrs = opt.appi, opt.numel, opt.lrs
     total = sum(numel.values())
     rank = {g: i + 1 for i, g in enumerate(pareto_frontier(appi, numel, method="greedy")[-1].groups)}
-    probes = {g: [r["accepted"] for r in opt.history if r["group"] == g] for g in appi}
+    counts = {row["group"]: row for row in probe_summary(opt.history)}
+    empty = {"probes": 0, "valued": 0, "accepted": 0}
     return [
         {
             "group": g,
@@ -181,18 +208,123 @@ def appi_table(opt) -> list[dict]:
             "appi": appi[g],
             "value": appi[g] * numel[g],
             "lr": lrs[g],
-            "probes": len(probes[g]),
-            "accepted": sum(probes[g]),
+            "probes": counts.get(g, empty)["probes"],
+            "valued": counts.get(g, empty)["valued"],
+            "accepted": counts.get(g, empty)["accepted"],
             "rank": rank.get(g),
         }
         for g in sorted(appi, key=lambda g: (rank.get(g, len(appi) + 1), g))
     ]
 
+
+def probe_summary(history: Iterable[dict], groups: Iterable[str] = ()) -> list[dict]:
+    """What the probes of each group came to, from ``opt.history``.
+
+    A probe is *valued* when its line was a parabola with finite losses (``case`` is not
+    ``None``): its PPI counts in APPI. It is *accepted* when its lr fit was used as well.
+
+    Args:
+        history: the optimizer's probe records.
+        groups: groups to list even without a record, first and in this order; the others
+            follow in order of first appearance (default: none)
+
+    Returns:
+        list[dict]: per group ``group``, ``probes``, ``valued``, ``accepted``, ``cases``
+        (case -> count, valued probes) and ``reasons`` (reason -> count, probes not
+        accepted), the counters as plain dicts, most frequent first.
+    """
+    def empty(g: str) -> dict:
+        return {"group": g, "probes": 0, "valued": 0, "accepted": 0, "cases": Counter(),
+                "reasons": Counter()}
+
+    rows = {g: empty(g) for g in groups}
+    for record in history:
+        g = record["group"]
+        if g not in rows:
+            rows[g] = empty(g)
+        row = rows[g]
+        row["probes"] += 1
+        if record.get("case") is not None:
+            row["valued"] += 1
+            row["cases"][record["case"]] += 1
+        if record["accepted"]:
+            row["accepted"] += 1
+        else:
+            row["reasons"][str(record.get("reason"))] += 1
+    return [
+        row | {"cases": dict(row["cases"].most_common()),
+               "reasons": dict(row["reasons"].most_common())}
+        for row in rows.values()
+    ]
+
+
+def format_probe_summary(rows: Sequence[dict]) -> str:
+    """:func:`probe_summary` as a table: valued/probes, accepted/probes, why not accepted."""
+    return format_table(
+        ["group", "valued", "accepted", "not accepted because"],
+        [
+            [
+                r["group"],
+                f"{r['valued']}/{r['probes']}",
+                f"{r['accepted']}/{r['probes']}",
+                ", ".join(f"{reason} x{n}" for reason, n in r["reasons"].items()) or "-",
+            ]
+            for r in rows
+        ],
+        "lrrl",
+    )
+
+
+def few_probes_message(
+    rows: Sequence[dict], fix: str, minimum: int = MIN_VALUED_PROBES
+) -> str | None:
+    """One line naming the groups with fewer than ``minimum`` valued probes, or ``None``.
+
+    Args:
+        rows: :func:`probe_summary` rows.
+        fix: what to do about it, e.g. ``"run more --steps"``.
+        minimum: valued probes a rank needs (default: :data:`MIN_VALUED_PROBES`)
+    """
+    few = [r for r in rows if r["valued"] < minimum]
+    if not few:
+        return None
+    listed = ", ".join(f"{r['group']} {r['valued']}/{r['probes']}" for r in few)
+    unranked = [r["group"] for r in few if r["valued"] == 0]
+    tail = (
+        f"; {', '.join(unranked)} had no valued probe, so APPI 0 ranks them last for want of "
+        "a measurement, not for lack of influence"
+        if unranked
+        else ""
+    )
+    return (
+        f"APPI ranks rest on fewer than {minimum} valued probes for {listed} (valued/probes)"
+        f"{tail}: {fix}"
+    )
+
+
+def select_or_explain(opt: Any, budget: float, method: str) -> tuple[Any, str | None]:
+    """``opt.select(budget, method)`` and, when it is empty, why and the smallest budget that
+    is not (the :class:`~adapeft_optim.selection.EmptySelectionWarning`'s text, which the
+    caller turns into its error instead of a warning)."""
+    from .selection import EmptySelectionWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EmptySelectionWarning)
+        selection = opt.select(budget, method=method)
+    empty = [str(w.message) for w in caught if issubclass(w.category, EmptySelectionWarning)]
+    for w in caught:  # anything else goes on as it came
+        if not issubclass(w.category, EmptySelectionWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if selection.groups:
+        return selection, None
+    return selection, empty[0] if empty else "no group has a positive APPI"
+
+
 def run_demo(
     out: str | Path,
     config: DemoConfig | None = None,
     *,
-    progress: bool = False,
+    progress: bool | str = False,
     stream: TextIO | None = None,
     verbose: bool = True,
 ) -> dict:
@@ -201,14 +333,24 @@ def run_demo(
     Args:
         out (str or Path): output folder (created).
         config (DemoConfig, optional): the settings (default: ``DemoConfig()``)
-        progress (bool): show tqdm bars on stderr (default: False)
+        progress (bool or str): ``True`` or ``"bar"``: tqdm bars on stderr; ``"lines"``: a
+            line per tenth of each phase on ``stream`` (for logs and pipes); ``False``: none
+            (default: False)
         stream (TextIO, optional): where tables and messages go (default: sys.stdout)
         verbose (bool): print phase messages and timings besides the tables (default: True)
 
     Raises:
         DemoError: a setting that cannot work, e.g. a budget below the most influential group.
+
+    Warns:
+        FewProbesWarning: a group has fewer than :data:`MIN_VALUED_PROBES` valued probes.
     """
+    import torch
+
     from .selection import Selection, pareto_frontier
+
+    if progress not in (True, False, "bar", "lines"):
+        raise DemoError(f"Invalid progress: {progress!r}; use True/'bar', 'lines' or False")
 
     config = config or DemoConfig()
     stream = stream or sys.stdout
@@ -222,7 +364,9 @@ def run_demo(
         if verbose:
             say(text)
 
-    def bar(desc: str) -> str | None:
+    def bar(desc: str) -> T.Progress:
+        if progress == "lines":
+            return functools.partial(T.LineProgress, desc=desc, stream=stream)
         return desc if progress else None
 
     timings: dict[str, float] = {}
@@ -236,6 +380,7 @@ def run_demo(
         return timings[name]
 
     seed = config.seed
+    threads = torch.get_num_threads()
     finetune = T.FINETUNE_TASK
     eval_batch = finetune.eval_batch()
 
@@ -243,7 +388,7 @@ def run_demo(
     note(
         f"adapeft demo: Algorithm 2 on the synthetic task (small {_size_label(config.small)} -> "
         f"large {_size_label(config.large)}, {config.steps} steps, budget {_pct(config.budget)}, "
-        f"seed {seed})"
+        f"seed {seed}, {threads} torch thread{'s' if threads != 1 else ''})"
     )
     note(f"pre-trained weights cache: {T.cache_dir()}")
     bases = {}
@@ -277,16 +422,19 @@ def run_demo(
     )
     probes = len(opt.history)
     accepted = sum(1 for r in opt.history if r["accepted"])
+    valued = sum(1 for r in opt.history if r["case"] is not None)
     note(
         f"warm-up: {warmup} steps on the small model with LoRA, every group trainable, probing "
-        f"every {config.lazy} steps: {accepted}/{probes} probes accepted ({lap('warmup'):.1f}s)"
+        f"every {config.lazy} steps: {valued}/{probes} probes valued, {accepted} accepted "
+        f"({lap('warmup'):.1f}s)"
     )
-    if accepted == 0:
+    if valued == 0:
         raise DemoError(
-            f"no probe was accepted in {warmup} warm-up steps, so there is no APPI to select from; "
+            f"no probe was valued in {warmup} warm-up steps, so there is no APPI to select from; "
             f"use more --steps (or --warmup) or a lower --lazy"
         )
     appi, numel = opt.appi, opt.numel
+    summary = probe_summary(opt.history, appi)
 
     # 3. APPI table and greedy frontier ---------------------------------------------------------
     frontier = pareto_frontier(appi, numel, method="greedy")
@@ -296,7 +444,7 @@ def run_demo(
     say("APPI after the warm-up (small model; value = APPI x params, the predicted loss reduction)")
     say(
         format_table(
-            ["rank", "group", "params", "% params", "APPI", "value", "Newton lr", "accepted"],
+            ["rank", "group", "params", "% params", "APPI", "value", "Newton lr", "valued"],
             [
                 [
                     r["rank"] or "-",
@@ -306,13 +454,21 @@ def run_demo(
                     _num(r["appi"]),
                     _num(r["value"]),
                     _num(r["lr"], 3),
-                    f"{r['accepted']}/{r['probes']}",
+                    f"{r['valued']}/{r['probes']}",
                 ]
                 for r in appi_rows
             ],
             "rlrrrrrr",
         )
     )
+    say()
+    say("probes per group (valued: counted in APPI; accepted: its lr fit was used)")
+    say(format_probe_summary(summary))
+    few = few_probes_message(
+        summary, "use more --steps (or --warmup) or a lower --lazy for a ranking to trust"
+    )
+    if few:
+        warnings.warn(few, FewProbesWarning, stacklevel=2)
     say()
     say("greedy frontier (nested prefixes by APPI; exact = also on the exact Pareto frontier)")
     exact_sets = {frozenset(p.groups) for p in frontier_exact}
@@ -334,17 +490,9 @@ def run_demo(
     )
 
     # 4. selection and transfer ---------------------------------------------------------------
-    selection = opt.select(config.budget, method=config.method)
+    selection, empty = select_or_explain(opt, config.budget, config.method)
     if not selection.groups:
-        smallest = frontier[1] if len(frontier) > 1 else None
-        hint = (
-            f"the most influential group {smallest.groups[0]!r} alone holds "
-            f"{_pct(smallest.fraction)} of the small model; use --budget "
-            f"{math.ceil(smallest.fraction * 1000) / 1000:g} or more"
-            if smallest
-            else "no group has a positive APPI"
-        )
-        raise DemoError(f"--budget {config.budget:g} selects no group: {hint}")
+        raise DemoError(f"--budget {config.budget:g} selects no group: {empty}")
     selection.save(out / "selection.json")
     say()
     say(
@@ -438,11 +586,11 @@ def run_demo(
     # 5. files -----------------------------------------------------------------------------------
     files = ["results.json", "selection.json"]
     if config.plots:
-        files += _write_plots(out, opt, frontier, comparison)
+        files += _write_plots(out, opt, frontier, comparison, selection, config.budget)
         note(f"plots written ({lap('plots'):.1f}s)")
     results = json_safe(
         {
-            "config": dataclasses.asdict(config) | {"warmup_steps": warmup},
+            "config": dataclasses.asdict(config) | {"warmup_steps": warmup, "threads": threads},
             "task": {
                 "pretrain": dataclasses.asdict(T.PRETRAIN_TASK),
                 "finetune": dataclasses.asdict(finetune),
@@ -457,7 +605,9 @@ def run_demo(
                 "steps": warmup,
                 "lazy": config.lazy,
                 "probes": probes,
+                "valued": valued,
                 "accepted": accepted,
+                "per_group": summary,
                 "task_B_after": T.evaluate(small, finetune, eval_batch),
             },
             "appi": appi_rows,
@@ -483,23 +633,27 @@ def run_demo(
     return results
 
 
-def _write_plots(out: Path, opt: Any, frontier: list, comparison: list[dict]) -> list[str]:
+def _write_plots(
+    out: Path, opt: Any, frontier: list, comparison: list[dict], selection: Any, budget: float
+) -> list[str]:
     from .plots import plot_appi_curves, plot_frontier, plot_ppi_heatmap
 
     plot_ppi_heatmap(
         opt.history,
         out / "ppi_heatmap.png",
-        title="PPI per probe, relative to 'others' (small model)",
+        title="influence per probe step (small model, warm-up)",
     )
     plot_appi_curves(
         opt.history, out / "appi_curves.png", title="APPI during the warm-up (small model)"
     )
     recipes = {c["name"]: (c["small_fraction"], c["predicted_value"]) for c in comparison[1:]}
     plot_frontier(
-        frontier,
+        {"greedy APPI frontier": frontier},
         out / "frontier.png",
         recipes=recipes,
-        title="greedy APPI frontier (small model), fixed recipes as squares",
+        budget=budget,
+        selection=selection,
+        title="predicted loss reduction vs parameters (small model)",
     )
 
     # log10 of the loss: the good recipes differ by factors near zero, invisible on a linear axis.
@@ -507,10 +661,14 @@ def _write_plots(out: Path, opt: Any, frontier: list, comparison: list[dict]) ->
         return math.log10(max(c["loss"], 1e-12))
 
     ada = comparison[0]
+    chosen = "+".join(ada["groups"])
+    if len(chosen) > 30:
+        chosen = f"{len(ada['groups'])} groups"
     plot_frontier(
-        {"AdaPEFT selection": [(ada["fraction"], y(ada), ada["groups"])]},
+        {f"AdaPEFT ({chosen})": [(ada["fraction"], y(ada), ada["groups"])]},
         out / "comparison.png",
         recipes={c["name"]: (c["fraction"], y(c)) for c in comparison[1:]},
+        annotate=False,
         ylabel="log10 eval loss on task B (lower is better)",
         title="large model after fine-tuning: loss vs trainable parameters",
     )

@@ -21,6 +21,14 @@ Note [plots leave no global trace]
 ``history`` arguments take the optimizer's probe records (``GeNAdaPEFT.history``: a list of
 dicts with at least the keys ``step``, ``group``, ``ppi`` and ``accepted``) or any object
 with a ``history`` attribute holding them, e.g. the optimizer itself.
+
+Note [valued probes]
+    A probe's PPI enters the figures when the probe was *valued*, exactly as it enters
+    ``opt.appi``: a record whose ``case`` is not ``None`` (``"interior"``, ``"trust region"``,
+    ``"no descent"``; Note [Influence of every probe] in the optimizer). ``accepted`` says
+    whether the lr fit was used, which is a different question: a concave line is valued but
+    not accepted. Records without a ``case`` key (histories written before it existed) count
+    when ``accepted``. So the last column of :func:`appi_curves` is ``opt.appi``.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +56,7 @@ __all__ = [
 
 _MATPLOTLIB_HINT = "plotting needs matplotlib: pip install 'adapeft-optim[plot]'"
 _RECORD_KEYS = ("step", "group", "ppi", "accepted")
+_RECIPE_MARKERS = ("s", "D", "^", "v", "P", "X", "<", ">", "h", "p")
 
 
 # --------------------------------------------------------------------------------------
@@ -125,8 +135,8 @@ def ppi_matrix(
     """Per-group PPI at every probe step, as a (groups x probe steps) array.
 
     Cell ``[i, j]`` is the ``ppi`` of the record of group ``names[i]`` at step ``steps[j]``
-    when that probe was accepted, and NaN when it was rejected, when the group was not probed
-    at that step (e.g. after masking) or when its ``ppi`` is not finite.
+    when that probe was valued (Note [valued probes]), and NaN when it was not, when the group
+    was not probed at that step (e.g. after masking) or when its ``ppi`` is not finite.
 
     Args:
         history: the optimizer's probe records (``opt.history``) or an object with a
@@ -171,14 +181,14 @@ def ppi_matrix(
     col = {int(s): j for j, s in enumerate(steps)}
     matrix = np.full((len(names), len(steps)), np.nan)
     filled = np.zeros(matrix.shape, dtype=bool)
-    for step, group, ppi, accepted in kept:
+    for step, group, ppi, valued in kept:
         i, j = row[group], col[step]
         if filled[i, j]:
             raise ValueError(
                 f"group {group!r} has two records at step {step}; pass the history of one run"
             )
         filled[i, j] = True
-        if accepted and math.isfinite(ppi):
+        if valued and math.isfinite(ppi):
             matrix[i, j] = ppi
     return names, steps, matrix
 
@@ -188,16 +198,16 @@ def appi_curves(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Accumulated PPI of each group over the probe steps, ``APPI_k(tau)``.
 
-    ``matrix[i, j]`` is the sum of the ``ppi`` of the accepted probes of group ``names[i]``
-    at steps ``<= steps[j]``: 0 before the group's first accepted probe, and carried forward
-    (constant) over rejected or missing probes. With ``k=None`` the last column equals the
-    optimizer's ``opt.appi`` for a complete history.
+    ``matrix[i, j]`` is the sum of the ``ppi`` of the valued probes of group ``names[i]``
+    at steps ``<= steps[j]`` (Note [valued probes]): 0 before the group's first valued probe,
+    and carried forward (constant) over probes that were not valued or are missing. With
+    ``k=None`` the last column equals the optimizer's ``opt.appi`` for a complete history.
 
     Args:
         history: the optimizer's probe records (``opt.history``) or an object with a
             ``history`` attribute.
         groups: row order, as in :func:`ppi_matrix` (default: None)
-        k: when given, accepted PPI values outside the per-group IQR fence of
+        k: when given, valued PPI values outside the per-group IQR fence of
             :func:`iqr_mask` with this ``k`` are left out of the sum, the outlier removal
             the paper applies to its APPI plots (Appendix A.1); ``None`` sums them all
             (default: None)
@@ -221,7 +231,7 @@ def heatmap_values(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """PPI heatmap values processed as in the paper's Appendix A.1.
 
-    Steps, row by row of :func:`ppi_matrix` (rejected/missing probes are NaN there):
+    Steps, row by row of :func:`ppi_matrix` (probes not valued, or missing, are NaN there):
 
     1. Outlier removal: values outside the row's fence ``[Q1 - k IQR, Q3 + k IQR]``
        (:func:`iqr_mask`) become NaN.
@@ -267,6 +277,7 @@ def plot_ppi_heatmap(
     alpha: float = 0.9,
     groups: Sequence[str] | None = None,
     title: str | None = None,
+    caption: bool = True,
     cmap: str = "viridis",
     figsize: tuple[float, float] | None = None,
     dpi: int = 100,
@@ -275,8 +286,11 @@ def plot_ppi_heatmap(
 
     Shows :func:`heatmap_values` (groups on the y axis, probe steps on the x axis, lighter
     = more influential with the default colormap), with a colorbar labelled
-    ``log10 PPI / PPI(<reference>)``. NaN cells (before a group's first kept probe) are
-    drawn light grey.
+    ``log10 PPI / PPI(<reference>)``. NaN cells (before a group's first valued probe, or
+    before the reference row has one, or where the ratio is not positive) are drawn light
+    grey. With ``caption`` a line under the figure says how the cells were processed and
+    what grey means: the cells are not raw per-probe PPI but the outlier-filtered, smoothed
+    ratio of Appendix A.1.
 
     Args:
         history: the optimizer's probe records (``opt.history``) or an object with a
@@ -288,6 +302,7 @@ def plot_ppi_heatmap(
         alpha: EMA weight on the past (default: 0.9)
         groups: row order, as in :func:`ppi_matrix` (default: None)
         title: figure title (default: None)
+        caption: explain the processing and the grey cells under the figure (default: True)
         cmap: matplotlib colormap name (default: "viridis")
         figsize: figure size in inches; ``None`` sizes it to the number of groups
             (default: None)
@@ -300,16 +315,37 @@ def plot_ppi_heatmap(
         ImportError: matplotlib is not installed.
         ValueError: the history holds no probe record.
     """
-    fig = _heatmap_figure(history, reference, k, alpha, groups, title, cmap, figsize, dpi)
+    fig = _heatmap_figure(
+        history, reference, k, alpha, groups, title, cmap, figsize, dpi, caption=caption
+    )
     return _save(fig, path, dpi)
 
 
-def _heatmap_figure(history, reference, k, alpha, groups, title, cmap, figsize, dpi):
+def heatmap_caption(reference: str | None, k: float | None, alpha: float) -> str:
+    """The line under :func:`plot_ppi_heatmap`: how the cells were processed, what grey is."""
+    steps = []
+    if k is not None:
+        steps.append(f"IQR outliers removed (k={k:g})")
+    if alpha > 0:
+        steps.append(f"EMA-smoothed (weight {alpha:g} on the past)")
+    steps.append("gaps carried forward")
+    if reference is not None:
+        steps.append(f"divided by the {reference!r} row")
+    return (
+        f"PPI of the valued probes: {', '.join(steps)}; "
+        f"grey: no valued probe yet{' (of the group or of the reference)' if reference else ''}"
+        f", or a PPI of 0"
+    )
+
+
+def _heatmap_figure(
+    history, reference, k, alpha, groups, title, cmap, figsize, dpi, *, caption=False
+):
     Figure, mpl = _matplotlib()
     names, steps, ref_name, values = _heatmap(history, reference, k, alpha, groups)
     _require_records(steps, "PPI heatmap")
     if figsize is None:
-        figsize = (8.0, 1.6 + 0.45 * len(names))
+        figsize = (8.0, 1.6 + 0.45 * len(names) + (0.4 if caption else 0.0))
     fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     ax = fig.add_subplot()
     colormap = mpl.colormaps[cmap].with_extremes(bad="0.85")
@@ -318,7 +354,7 @@ def _heatmap_figure(history, reference, k, alpha, groups, title, cmap, figsize, 
         vmin, vmax = float(finite.min()), float(finite.max())
     else:
         vmin, vmax = -1.0, 1.0
-        ax.text(0.5, 0.5, "no accepted probe", transform=ax.transAxes, ha="center", va="center")
+        ax.text(0.5, 0.5, "no valued probe", transform=ax.transAxes, ha="center", va="center")
     if vmin == vmax:  # one colour would leave the colorbar without a range
         vmin, vmax = vmin - 0.5, vmax + 0.5
     image = ax.imshow(
@@ -338,6 +374,9 @@ def _heatmap_figure(history, reference, k, alpha, groups, title, cmap, figsize, 
     fig.colorbar(image, ax=ax, label=label)
     if title:
         ax.set_title(title)
+    if caption:  # wrapped to the figure's width (about 15 small characters per inch)
+        text = textwrap.fill(heatmap_caption(ref_name, k, alpha), int(15 * figsize[0]))
+        fig.supxlabel(text, fontsize="small", color="0.3")
     return fig
 
 
@@ -407,10 +446,12 @@ def plot_frontier(
     path: str | os.PathLike,
     recipes: Mapping[str, tuple[float, float]] | None = None,
     *,
+    budget: float | None = None,
+    selection: Any = None,
     ylabel: str = "predicted loss reduction",
     title: str | None = None,
     annotate: bool = True,
-    figsize: tuple[float, float] = (7.0, 4.5),
+    figsize: tuple[float, float] = (8.5, 4.5),
     dpi: int = 100,
 ) -> Path:
     """Pareto frontier: trainable-parameter share against loss (reduction).
@@ -418,23 +459,34 @@ def plot_frontier(
     x is the percentage of trainable parameters (``100 * fraction``) on a log axis, y the
     points' ``value`` (predicted loss reduction, or a measured loss: set ``ylabel``).
     Points with ``fraction <= 0`` (the empty selection) cannot sit on a log axis and are
-    left out.
+    left out. Everything drawn has a legend entry, outside the axes on the right.
+
+    Frontier points are numbered in order of size; the legend lists what each number is:
+    the group it adds to the previous point (``"2  +embed"``) when the frontier is nested,
+    as a greedy one is, else its groups (``"N groups"`` past 40 characters). Numbers that
+    would overlap are moved apart, so 7 groups of nearly equal size stay readable.
 
     Args:
         points: frontier points, objects with ``fraction``, ``value`` and ``groups``
             attributes (``selection.FrontierPoint``) or tuples ``(fraction, value[, groups])``;
             or a mapping label -> such a sequence to draw several frontiers (e.g. greedy
-            against exact), each with its legend entry.
+            against exact), each with its legend entry; their numbers then carry a letter per
+            frontier (``a1``, ``b1``).
         path: output file; the format follows the suffix, ``.png`` is appended when there is
             none. Parent folders are created.
-        recipes: optional fixed PEFT recipes, name -> ``(fraction, y)``, drawn as labelled
-            markers (e.g. ``{"LoRA": (0.004, 0.31), "BitFit": (0.001, 0.27)}``)
+        recipes: optional fixed PEFT recipes, name -> ``(fraction, y)``, each drawn with a
+            marker of its own and named in the legend (e.g.
+            ``{"LoRA": (0.004, 0.31), "BitFit": (0.001, 0.27)}``) (default: None)
+        budget: a fraction of the parameters in (0, 1], drawn as a dashed vertical line
             (default: None)
+        selection: the chosen point, a :class:`~adapeft_optim.selection.Selection` (or any
+            object with ``fraction``, ``value`` and ``groups``) or a tuple
+            ``(fraction, value[, groups])``, drawn as a star (default: None)
         ylabel: y axis label (default: "predicted loss reduction")
         title: figure title (default: None)
-        annotate: label each frontier point with its groups joined by ``+`` (``"N groups"``
-            when that is longer than 32 characters) (default: True)
-        figsize: figure size in inches (default: (7.0, 4.5))
+        annotate: number the frontier points and list their groups in the legend
+            (default: True)
+        figsize: figure size in inches (default: (8.5, 4.5))
         dpi: resolution of raster output (default: 100)
 
     Returns:
@@ -443,14 +495,35 @@ def plot_frontier(
     Raises:
         ImportError: matplotlib is not installed.
         TypeError: a point has neither the attributes nor the tuple form.
-        ValueError: there is nothing with a positive fraction to draw.
+        ValueError: there is nothing with a positive fraction to draw, or ``budget`` is not
+            in (0, 1].
     """
-    fig = _frontier_figure(points, recipes, ylabel, title, annotate, figsize, dpi)
+    fig = _frontier_figure(
+        points, recipes, ylabel, title, annotate, figsize, dpi, budget=budget, selection=selection
+    )
     return _save(fig, path, dpi)
 
 
-def _frontier_figure(points, recipes, ylabel, title, annotate, figsize, dpi):
-    Figure, _ = _matplotlib()
+def _point_labels(pts: list[tuple[float, float, tuple[str, ...]]]) -> list[str]:
+    """What each point of a sorted frontier holds: ``"+group"`` added to the previous point
+    when the frontier is nested there, else its groups."""
+    labels, previous = [], ()
+    for _, _, groups in pts:
+        if previous and set(previous) < set(groups):
+            text = "+" + "+".join(g for g in groups if g not in previous)
+        else:
+            text = "+".join(groups)
+        labels.append(text if len(text) <= 40 else f"{len(groups)} groups")
+        previous = groups
+    return labels
+
+
+def _frontier_figure(
+    points, recipes, ylabel, title, annotate, figsize, dpi, *, budget=None, selection=None
+):
+    Figure, mpl = _matplotlib()
+    from matplotlib.lines import Line2D
+
     if isinstance(points, Mapping):
         series = {str(label): [_frontier_point(p) for p in pts] for label, pts in points.items()}
     else:
@@ -462,52 +535,129 @@ def _frontier_figure(points, recipes, ylabel, title, annotate, figsize, dpi):
             recipe_points[str(name)] = (float(fraction), float(y))
         except (TypeError, ValueError):
             raise TypeError(f"recipe {name!r} must map to (fraction, y), got {value!r}") from None
+    if budget is not None:
+        budget = float(budget)
+        if not (math.isfinite(budget) and 0.0 < budget <= 1.0):
+            raise ValueError(
+                f"Invalid budget: {budget}; use a fraction of the parameters in (0, 1]"
+            )
+    chosen = _frontier_point(selection) if selection is not None else None
     drawable = [p for pts in series.values() for p in pts if p[0] > 0] + [
         p for p in recipe_points.values() if p[0] > 0
     ]
     if not drawable:
         raise ValueError("plot_frontier needs at least one point or recipe with fraction > 0")
 
-    xs = [100.0 * p[0] for p in drawable]
-    log_lo, log_hi = math.log10(min(xs)), math.log10(max(xs))
-
-    def place(x, y, text, dy, **kw):
-        # Labels of points in the right part of the axis go to their left, so long group
-        # lists stay inside the figure; they are kept out of the layout so that they never
-        # shrink the axes.
-        right = log_hi > log_lo and (math.log10(x) - log_lo) / (log_hi - log_lo) > 0.7
-        ax.annotate(
-            text, (x, y), textcoords="offset points", xytext=(-4 if right else 4, dy),
-            ha="right" if right else "left", **kw,
-        ).set_in_layout(False)
-
     fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     ax = fig.add_subplot()
-    for label, pts in series.items():
+    handles: list[Any] = []
+    numbers = []
+    for s, (label, pts) in enumerate(series.items()):
         pts = sorted(p for p in pts if p[0] > 0)
         if not pts:
             continue
         x = [100.0 * p[0] for p in pts]
-        ax.plot(x, [p[1] for p in pts], marker="o", label=label)
-        if annotate:
-            for xi, (_, yi, grp) in zip(x, pts):
-                if grp:
-                    text = "+".join(grp)
-                    place(xi, yi, text if len(text) <= 32 else f"{len(grp)} groups", 4, fontsize=7)
-    for name, (fraction, y) in recipe_points.items():
+        (line,) = ax.plot(x, [p[1] for p in pts], marker="o", label=label)
+        handles.append(line)
+        if not annotate or not any(p[2] for p in pts):
+            continue
+        prefix = "" if len(series) == 1 else chr(ord("a") + s % 26)
+        for k, (xi, (_, yi, grp), text) in enumerate(zip(x, pts, _point_labels(pts)), start=1):
+            if not grp:
+                continue
+            tag = f"{prefix}{k}"
+            numbers.append(
+                ax.annotate(
+                    tag, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8,
+                    color=line.get_color(), fontweight="bold", zorder=5,
+                    bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.8},
+                )
+            )
+            handles.append(Line2D([], [], linestyle="none", label=f"{tag}  {text}"))
+    colors = mpl.colormaps["Dark2"]
+    for i, (name, (fraction, y)) in enumerate(recipe_points.items()):
         if fraction <= 0:
             continue
-        ax.scatter([100.0 * fraction], [y], marker="s", color="0.3", zorder=3)
-        place(100.0 * fraction, y, name, -10, fontsize=8, color="0.2")
+        handles.append(
+            ax.scatter(
+                [100.0 * fraction], [y], marker=_RECIPE_MARKERS[i % len(_RECIPE_MARKERS)],
+                color=colors(i % colors.N), zorder=3, label=name,
+            )
+        )
+    if chosen is not None and chosen[0] > 0:
+        groups = "+".join(chosen[2])
+        label = (
+            f"selection ({groups})" if chosen[2] and len(groups) <= 30
+            else f"selection ({len(chosen[2])} groups)" if chosen[2] else "selection"
+        )
+        handles.append(
+            ax.scatter(
+                [100.0 * chosen[0]], [chosen[1]], marker="*", s=220, facecolor="none",
+                edgecolor="crimson", linewidth=1.5, zorder=4, label=label,
+            )
+        )
+    if budget is not None:
+        handles.append(
+            ax.axvline(
+                100.0 * budget, color="0.35", linestyle="--", linewidth=1,
+                label=f"budget {100.0 * budget:.3g}%",
+            )
+        )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (%)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    if len(series) > 1:
-        ax.legend(loc="best", fontsize="small")
-    if title:
-        ax.set_title(title)
+    ax.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+        fontsize="small", handlelength=1.5,
+    )
+    if title:  # over the figure: the legend beside the axes leaves them too narrow for it
+        fig.suptitle(title)
+    if numbers:
+        _separate(fig, numbers)
     return fig
+
+
+def _separate(fig, labels) -> None:
+    """Move point labels up or down until none overlaps another label or a marker (in the
+    final layout)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # runs the constrained layout: positions are final from here
+    fig.set_layout_engine("none")
+    renderer = canvas.get_renderer()
+    to_pixels = fig.dpi / 72.0
+    ax = labels[0].axes
+
+    def square(x, y, size_points):
+        r = size_points * to_pixels / 2.0
+        return Bbox([[x - r, y - r], [x + r, y + r]])
+
+    placed = []  # the markers first: labels keep off every point
+    for line in ax.get_lines():
+        if line.get_marker() in (None, "None", "", " "):
+            continue
+        for x, y in line.get_transform().transform(line.get_xydata()):
+            placed.append(square(x, y, line.get_markersize()))
+    for collection in ax.collections:
+        sizes = collection.get_sizes()
+        size = math.sqrt(float(sizes[0])) if len(sizes) else 6.0
+        for x, y in collection.get_offset_transform().transform(collection.get_offsets()):
+            placed.append(square(x, y, size))
+    for label in labels:
+        dx, dy = label.xyann
+        box = label.get_window_extent(renderer)
+        step = box.height / to_pixels + 1.0
+        for k in range(1, 24):
+            if not any(box.overlaps(other) for other in placed):
+                break
+            # up and down in turn, further each time: +1 step, -1, +2, -2, ...
+            shift = (k + 1) // 2 * step * (1 if k % 2 else -1)
+            label.xyann = (dx, dy + shift)
+            box = label.get_window_extent(renderer)
+        placed.append(box)
 
 
 # --------------------------------------------------------------------------------------
@@ -565,7 +715,7 @@ def _heatmap(history, reference, k, alpha, groups):
 
 
 def _records(history) -> list[tuple[int, str, float, bool]]:
-    """Validated (step, group, ppi, accepted) tuples of a history."""
+    """Validated (step, group, ppi, valued) tuples of a history (Note [valued probes])."""
     if not isinstance(history, (list, tuple)) and hasattr(history, "history"):
         history = history.history
     if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Iterable):
@@ -589,7 +739,8 @@ def _records(history) -> list[tuple[int, str, float, bool]]:
             raise TypeError(f"history record {i} has a non-integer step {rec['step']!r}") from None
         ppi = rec["ppi"]
         ppi = math.nan if ppi is None else float(ppi)
-        out.append((step, str(rec["group"]), ppi, bool(rec["accepted"])))
+        valued = rec["case"] is not None if "case" in rec else bool(rec["accepted"])
+        out.append((step, str(rec["group"]), ppi, valued))
     return out
 
 

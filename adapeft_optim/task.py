@@ -63,10 +63,12 @@ import hashlib
 import json
 import math
 import os
+import sys
+import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, Union
 
 import torch
 from torch import nn
@@ -79,6 +81,7 @@ __all__ = [
     "EVAL_SIZE",
     "FINETUNE_TASK",
     "FULL_LR",
+    "LineProgress",
     "N_SYMBOLS",
     "PEFT_LR",
     "PRETRAIN_STEPS",
@@ -349,13 +352,58 @@ def _cache_file(size: tuple[int, int, int], steps: int, task: SyntheticTask) -> 
 # -- training and evaluation --------------------------------------------------------------------
 
 
-def _progress(total: int, desc: str | None):
-    """A tqdm bar, or a no-op stand-in when ``desc`` is None (no bar wanted)."""
+# What the ``progress`` argument of train/probe/pretrain takes: a description for a tqdm bar, a
+# factory ``total -> bar`` (e.g. ``functools.partial(LineProgress, desc=...)``), or None.
+Progress = Union[str, Callable[[int], Any], None]
+
+
+def _progress(total: int, desc: Progress):
+    """A tqdm bar for a description, the factory's bar, or a no-op stand-in for None."""
     if desc is None:
         return _NoBar()
+    if callable(desc):
+        return desc(total)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class LineProgress:
+    """Progress as whole lines, for logs and pipes where a tqdm bar would be one long line
+    of carriage returns: the first step (so the speed shows early), every tenth of the steps
+    and the last, e.g. ``  warm-up (probes): 4/8 steps, loss 3.214 (1.9s)``.
+
+    Args:
+        total (int): steps of the phase.
+        desc (str): name of the phase.
+        stream (TextIO, optional): where the lines go (default: sys.stdout)
+        every (float): fraction of the steps between lines (default: 0.1)
+    """
+
+    def __init__(
+        self, total: int, desc: str, stream: TextIO | None = None, every: float = 0.1
+    ) -> None:
+        self.total, self.desc, self.stream = total, desc, stream
+        self.every = max(1, math.ceil(every * total))
+        self.n = 0
+        self.postfix = ""
+        self.start = time.perf_counter()
+
+    def set_postfix(self, refresh: bool = False, **values: Any) -> None:
+        self.postfix = "".join(f", {k} {v}" for k, v in values.items())
+
+    def update(self, n: int = 1) -> None:
+        before, self.n = self.n, self.n + n
+        if self.n == 1 or self.n >= self.total or self.n // self.every > before // self.every:
+            elapsed = time.perf_counter() - self.start
+            print(
+                f"  {self.desc}: {self.n}/{self.total} steps{self.postfix} ({elapsed:.1f}s)",
+                file=self.stream or sys.stdout,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        pass
 
 
 class _NoBar:
@@ -411,7 +459,7 @@ def train(
     lr: float | None = None,
     batch_size: int = BATCH_SIZE,
     seed: int = 0,
-    progress: str | None = None,
+    progress: Progress = None,
     eval_batch: Mapping | None = None,
 ) -> dict:
     """Train ``model`` on ``task`` with plain AdamW and evaluate it.
@@ -429,8 +477,9 @@ def train(
         batch_size (int): sequences per step (default: 16)
         seed (int): seed of the batch stream; the same seed gives the same batches, so
             recipes compared with one seed see the same data (default: 0)
-        progress (str, optional): description of a tqdm bar; ``None`` for no bar
-            (default: None)
+        progress (str or callable, optional): description of a tqdm bar, or a factory
+            ``total -> bar`` such as ``functools.partial(LineProgress, desc=...)``; ``None``
+            for no progress (default: None)
         eval_batch (Mapping, optional): evaluation set; ``None`` for ``task.eval_batch()``
             (default: None)
 
@@ -465,8 +514,8 @@ def train(
             opt.step()
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
-            bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            bar.update()
     finally:
         bar.close()
     trainable, total = count_parameters(model)
@@ -492,7 +541,7 @@ def probe(
     lr: float = PROBE_LR,
     batch_size: int = BATCH_SIZE,
     seed: int = 0,
-    progress: str | None = None,
+    progress: Progress = None,
     **kwargs: Any,
 ):
     """Algorithm 1 as a warm-up: train every trainable group of ``model`` with
@@ -508,7 +557,7 @@ def probe(
             (default: 1e-3)
         batch_size (int): sequences per step (default: 16)
         seed (int): seed of the batch stream (default: 0)
-        progress (str, optional): description of a tqdm bar (default: None)
+        progress (str or callable, optional): as in :func:`train` (default: None)
         **kwargs: more :class:`GeNAdaPEFT` options (``scales``, ``r2_min``, ...).
 
     Returns:
@@ -543,8 +592,8 @@ def probe(
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.update()
     finally:
         bar.close()
     return opt
@@ -556,7 +605,7 @@ def pretrain(
     steps: int = PRETRAIN_STEPS,
     task: SyntheticTask = PRETRAIN_TASK,
     seed: int = 0,
-    progress: str | None = None,
+    progress: Progress = None,
 ) -> nn.Module:
     """A GPT-2 of ``size`` trained from scratch on ``task`` (no caching; see
     :func:`pretrained_model`)."""
@@ -573,7 +622,7 @@ def pretrained_model(
     *,
     steps: int = PRETRAIN_STEPS,
     cache: bool = True,
-    progress: str | None = None,
+    progress: Progress = None,
 ) -> nn.Module:
     """A GPT-2 of ``size`` pre-trained on :data:`PRETRAIN_TASK`, from the cache when there.
 

@@ -13,6 +13,7 @@ from adapeft_optim import plots
 from adapeft_optim.plots import (
     appi_curves,
     ema,
+    heatmap_caption,
     heatmap_values,
     iqr_mask,
     plot_appi_curves,
@@ -204,6 +205,61 @@ def test_appi_curves_cumulative_forward_filled():
     np.testing.assert_array_equal(m, [[1.0, 1.0, 3.0, 3.0], [0.0, 4.0, 4.0, 12.0]])
 
 
+def test_valued_probes_count_whether_accepted_or_not():
+    # "case" decides (Note [valued probes]); without a "case" key, "accepted" does.
+    history = [
+        rec(0, "a", 2.0, accepted=False, case="trust region"),
+        rec(0, "b", 0.0, accepted=False, case=None),
+        rec(4, "a", 3.0, accepted=True, case="interior"),
+        rec(4, "b", 5.0),  # an old record: no case, accepted
+    ]
+    history[0]["ppi"] = 2.0  # rec() zeroes the ppi of a probe that was not accepted
+    _, _, m = ppi_matrix(history)
+    np.testing.assert_array_equal(m, [[2.0, 3.0], [np.nan, 5.0]])
+    _, _, curves = appi_curves(history)
+    np.testing.assert_array_equal(curves, [[2.0, 5.0], [0.0, 5.0]])
+
+
+def test_appi_curves_end_at_the_optimizers_appi():
+    # A real run whose history holds trust-region probes (valued, not accepted): the curves'
+    # last column is opt.appi, which sums every valued probe.
+    import torch
+    from torch import nn
+
+    from adapeft_optim import GeNAdaPEFT
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.LayerNorm(16), nn.Linear(16, 1))
+    g = torch.Generator().manual_seed(0)
+
+    def batch():
+        x = torch.randn(32, 8, generator=g)
+        return {"x": x, "y": x.sum(1, keepdim=True).sin()}
+
+    def loss(b):
+        return nn.functional.mse_loss(model(b["x"]), b["y"])
+
+    groups = {
+        "first": list(model[0].parameters()),
+        "norm": list(model[2].parameters()),
+        "last": list(model[3].parameters()),
+    }
+    opt = GeNAdaPEFT(
+        torch.optim.AdamW(model.parameters(), lr=1e-5),
+        closure=loss,
+        probe_data=[batch() for _ in range(8)],
+        groups=groups,
+        lazy=2,
+    )
+    for _ in range(16):
+        loss(batch()).backward()
+        opt.step()
+        opt.zero_grad()
+    assert any(r["case"] == "trust region" and r["ppi"] > 0 for r in opt.history)
+    names, _, curves = appi_curves(opt)
+    np.testing.assert_allclose(curves[:, -1], [opt.appi[n] for n in names], rtol=1e-12)
+
+
 def test_appi_curves_outlier_removal():
     # fence of [1,2,3,4,100] with k=3 is [-4, 10]: 100 is left out of the sum
     history = table_history({"a": [1.0, 2.0, 3.0, 4.0, 100.0]}, steps=[0, 1, 2, 3, 4])
@@ -308,6 +364,7 @@ def test_heatmap_figure_shows_processed_values():
     history = table_history(TABLE, STEPS)
     fig = plots._heatmap_figure(history, "others", 3.0, 0.5, None, None, "viridis", None, 50)
     ax = fig.axes[0]
+    assert fig.get_supxlabel() == ""  # no caption unless asked for
     _, _, expected = heatmap_values(history, reference="others", k=3.0, alpha=0.5)
     np.testing.assert_array_equal(ax.images[0].get_array().filled(np.nan), expected)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["head", "norm", "others"]
@@ -317,6 +374,21 @@ def test_heatmap_figure_shows_processed_values():
     only_norm = table_history({"norm": TABLE["norm"]}, STEPS)
     fig = plots._heatmap_figure(only_norm, "others", 3.0, 0.5, None, None, "viridis", None, 50)
     assert fig.axes[1].get_ylabel() == "log10 PPI / PPI(norm)"
+
+
+def test_heatmap_caption_says_how_cells_were_made_and_what_grey_is():
+    history = table_history(TABLE, STEPS)
+    fig = plots._heatmap_figure(
+        history, "others", 3.0, 0.5, None, None, "viridis", None, 50, caption=True
+    )
+    assert " ".join(fig.get_supxlabel().split()) == (
+        "PPI of the valued probes: IQR outliers removed (k=3), EMA-smoothed (weight 0.5 on "
+        "the past), gaps carried forward, divided by the 'others' row; grey: no valued probe "
+        "yet (of the group or of the reference), or a PPI of 0"
+    )
+    assert heatmap_caption(None, None, 0.0) == (
+        "PPI of the valued probes: gaps carried forward; grey: no valued probe yet, or a PPI of 0"
+    )
 
 
 def test_plot_appi_curves_writes_png_and_uses_log_axis(tmp_path):
@@ -348,8 +420,12 @@ def test_plot_frontier_writes_png(tmp_path):
     )
     assert out == tmp_path / "frontier.png"
     img = read_png(out)
-    assert img.shape == (180, 280, 4)
+    assert img.shape == (180, 340, 4)
     assert_not_blank(img)
+
+
+def legend_texts(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_frontier_figure_content():
@@ -364,9 +440,62 @@ def test_frontier_figure_content():
     np.testing.assert_allclose(greedy.get_xdata(), [0.1, 0.4, 5.0, 100.0])
     np.testing.assert_allclose(greedy.get_ydata(), [0.2, 0.35, 0.4, 0.45])
     np.testing.assert_allclose(exact_line.get_xdata(), [0.2, 50.0])
-    texts = {t.get_text() for t in ax.texts}
-    assert {"norm+lora_B", "lora_B", "LoRA"} <= texts
+    # points are numbered per frontier (a, b); the legend says what each number adds
+    assert [t.get_text() for t in ax.texts] == ["a1", "a2", "a3", "a4", "b1"]
+    assert legend_texts(ax) == [
+        "greedy", "a1  norm", "a2  +lora_B", "a3  +head", "a4  +others",
+        "exact", "b1  lora_B",
+        "LoRA",
+    ]
     np.testing.assert_allclose(ax.collections[0].get_offsets(), [[0.4, 0.3]])
+
+
+def test_frontier_marks_budget_and_selection():
+    selection = (0.004, 0.35, ("norm", "lora_B"))
+    fig = plots._frontier_figure(
+        FRONTIER, None, "y", None, True, (7, 4.5), 40, budget=0.01, selection=selection
+    )
+    ax = fig.axes[0]
+    budget_line = [line for line in ax.get_lines() if line.get_label() == "budget 1%"]
+    assert len(budget_line) == 1 and list(budget_line[0].get_xdata()) == [1.0, 1.0]
+    star = [c for c in ax.collections if c.get_label() == "selection (norm+lora_B)"]
+    np.testing.assert_allclose(star[0].get_offsets(), [[0.4, 0.35]])
+    assert {"budget 1%", "selection (norm+lora_B)"} <= set(legend_texts(ax))
+    with pytest.raises(ValueError, match=r"Invalid budget: 1.5; use a fraction"):
+        plots._frontier_figure(FRONTIER, None, "y", None, True, (7, 4.5), 40, budget=1.5)
+
+
+def test_a_single_labelled_point_has_a_legend_entry():
+    # comparison.png: one AdaPEFT point among the recipes, each named in the legend
+    fig = plots._frontier_figure(
+        {"AdaPEFT (head+embed)": [(0.02, -2.2, ("head", "embed"))]},
+        {"LoRA": (0.04, -1.6), "BitFit": (0.005, 0.66)},
+        "log10 loss", None, False, (7, 4.5), 40,
+    )
+    ax = fig.axes[0]
+    assert legend_texts(ax) == ["AdaPEFT (head+embed)", "LoRA", "BitFit"]
+    assert not ax.texts  # annotate=False: no numbers
+    shapes = {c.get_label(): c.get_paths()[0].vertices.round(6).tobytes() for c in ax.collections}
+    assert len(set(shapes.values())) == 2  # the recipes have different marker shapes
+
+
+def test_crowded_frontier_labels_do_not_overlap():
+    # six groups of nearly equal size: their point numbers would sit on top of each other
+    groups = ["lora_A", "lora_B", "head", "norm", "bias", "embed"]
+    points = [(0.0, 0.0, ())] + [
+        (0.010 + 0.0004 * k, 1.0 + 0.01 * k, tuple(groups[: k + 1])) for k in range(6)
+    ]
+    fig = plots._frontier_figure(points, None, "y", None, True, (7, 4.5), 100)
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert [t.get_text() for t in ax.texts] == ["1", "2", "3", "4", "5", "6"]
+    for i in range(len(boxes)):
+        for j in range(i):
+            assert not boxes[i].overlaps(boxes[j]), (ax.texts[i].get_text(), ax.texts[j].get_text())
+    assert legend_texts(ax)[1:] == [
+        "1  lora_A", "2  +lora_B", "3  +head", "4  +norm", "5  +bias", "6  +embed",
+    ]
 
 
 def test_plot_errors(tmp_path):
@@ -427,7 +556,7 @@ def test_plotting_leaves_matplotlib_global_state_alone(tmp_path):
 def test_heatmap_without_accepted_probe_and_other_formats(tmp_path):
     history = table_history({"others": [None, None], "head": [None, None]}, steps=[0, 8])
     fig = plots._heatmap_figure(history, "others", 3.0, 0.9, None, None, "viridis", None, 40)
-    assert [t.get_text() for t in fig.axes[0].texts] == ["no accepted probe"]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["no valued probe"]
     assert_not_blank(read_png(plot_ppi_heatmap(history, tmp_path / "empty.png", dpi=40)))
     out = plot_appi_curves(table_history(TABLE, STEPS), tmp_path / "appi.svg")
     assert out.read_bytes().lstrip().startswith(b"<?xml")

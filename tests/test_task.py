@@ -3,7 +3,10 @@ training/evaluation helpers the demo and the benchmarks share."""
 
 from __future__ import annotations
 
+import functools
+import io
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -198,6 +201,42 @@ def test_probe_returns_the_optimizer_with_appi():
     opt = T.probe(model, T.FINETUNE_TASK, 4, lazy=2, seed=0)
     assert tuple(opt.appi) == T.ALL_GROUPS
     assert sorted({r["step"] for r in opt.history}) == [0, 2]
+
+
+# -- progress -----------------------------------------------------------------------------------
+
+
+def test_line_progress_prints_the_first_step_every_tenth_and_the_last():
+    out = io.StringIO()
+    bar = T.LineProgress(25, "phase", stream=out)
+    for step in range(25):
+        bar.set_postfix(loss=f"{step / 10:.3f}")
+        bar.update()
+    bar.close()
+    lines = out.getvalue().splitlines()
+    # a line every ceil(25 / 10) = 3 steps, plus step 1 and step 25
+    shown = [1, 3, 6, 9, 12, 15, 18, 21, 24, 25]
+    assert [int(line.split(": ")[1].split("/")[0]) for line in lines] == shown
+    for n, line in zip(shown, lines):
+        assert re.fullmatch(rf"  phase: {n}/25 steps, loss {(n - 1) / 10:.3f} \(\d+\.\ds\)", line)
+
+
+def test_train_and_probe_take_a_progress_factory():
+    out = io.StringIO()
+    model = T.add_lora(T.build_model("tiny", seed=0), seed=0)
+    T.probe(
+        model, T.FINETUNE_TASK, 4, lazy=2, seed=0,
+        progress=functools.partial(T.LineProgress, desc="warm-up", stream=out),
+    )
+    T.train(
+        model, T.FINETUNE_TASK, 2, seed=0,
+        progress=functools.partial(T.LineProgress, desc="train", stream=out),
+    )
+    starts = [line.split(" steps")[0] for line in out.getvalue().splitlines()]
+    assert starts == [
+        "  warm-up: 1/4", "  warm-up: 2/4", "  warm-up: 3/4", "  warm-up: 4/4",
+        "  train: 1/2", "  train: 2/2",
+    ]
 
 
 # -- cache --------------------------------------------------------------------------------------
