@@ -30,9 +30,7 @@ _EXPORTS = {
     "select_groups": "selection",
     "transfer_selection": "selection",
 }
-_SUBMODULES = frozenset(
-    {"cli", "demo", "fit", "grouping", "integrations", "optimizer", "plots", "selection", "task"}
-)
+_SUBMODULES = frozenset({"cli", "demo", "fit", "grouping", "integrations", "optimizer", "plots", "selection", "task"})
 
 __all__ = [
     "EmptySelectionWarning",

@@ -87,13 +87,9 @@ def _fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid budget {text!r}: use a fraction such as 0.01"
-        ) from None
+        raise argparse.ArgumentTypeError(f"invalid budget {text!r}: use a fraction such as 0.01") from None
     if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(
-            f"invalid budget {text!r}: use a fraction of parameters in (0, 1], e.g. 0.01"
-        )
+        raise argparse.ArgumentTypeError(f"invalid budget {text!r}: use a fraction of parameters in (0, 1], e.g. 0.01")
     return value
 
 
@@ -119,9 +115,7 @@ def _positive_float(text: str) -> float:
 
 def _device(text: str) -> str:
     if not _DEVICE.match(text):
-        raise argparse.ArgumentTypeError(
-            f"invalid device {text!r}: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps"
-        )
+        raise argparse.ArgumentTypeError(f"invalid device {text!r}: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
     return text
 
 
@@ -141,10 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="adapeft",
-        description=(
-            "AdaPEFT on GeN: parameter influence (APPI) per group and Pareto-optimal PEFT "
-            "selection."
-        ),
+        description=("AdaPEFT on GeN: parameter influence (APPI) per group and Pareto-optimal PEFT selection."),
     )
     parser.add_argument("--version", action="version", version=f"adapeft-optim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{demo,select}")
@@ -159,9 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "at the first that does not fit), exact (0-1 knapsack) (default: greedy)",
     )
     common.add_argument("--no-plots", action="store_true", help="skip the PNGs")
-    common.add_argument(
-        "--quiet", action="store_true", help="no progress or phase messages, tables only"
-    )
+    common.add_argument("--quiet", action="store_true", help="no progress or phase messages, tables only")
 
     demo = sub.add_parser(
         "demo",
@@ -174,9 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
             "fixed PEFT recipes. Writes PNGs, results.json and selection.json to --out."
         ),
     )
-    demo.add_argument(
-        "--seed", type=int, default=0, help="seed of LoRA init and batches (default: 0)"
-    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of LoRA init and batches (default: 0)")
     demo.add_argument(
         "--steps",
         type=_positive_int,
@@ -194,18 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="small",
         help=f"probed model size: {_DEMO_SIZES} or LxD (default: small)",
     )
-    demo.add_argument(
-        "--large", default="large", help="size the selection is transferred to (default: large)"
-    )
+    demo.add_argument("--large", default="large", help="size the selection is transferred to (default: large)")
     demo.add_argument(
         "--warmup",
         type=_positive_int,
         default=None,
         help="probing steps (default: 10%% of --steps, at least 4 x --lazy)",
     )
-    demo.add_argument(
-        "--lazy", type=_positive_int, default=2, help="probe every LAZY warm-up steps (default: 2)"
-    )
+    demo.add_argument("--lazy", type=_positive_int, default=2, help="probe every LAZY warm-up steps (default: 2)")
     demo.add_argument(
         "--pretrain-steps",
         type=_positive_int,
@@ -222,8 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_positive_int,
         default=1,
-        help="torch CPU threads; the demo's tiny models run fastest on one, and the numbers "
-        "depend on it (default: 1)",
+        help="torch CPU threads; the demo's tiny models run fastest on one, and the numbers depend on it (default: 1)",
     )
     demo.set_defaults(func=_run_demo)
 
@@ -239,12 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
             "selection.json, results.json and plots to --out."
         ),
     )
-    select.add_argument(
-        "--model", required=True, help="local model folder (save_pretrained output)"
-    )
-    select.add_argument(
-        "--data", required=True, help=".jsonl (one JSON object per line) or .csv with a header"
-    )
+    select.add_argument("--model", required=True, help="local model folder (save_pretrained output)")
+    select.add_argument("--data", required=True, help=".jsonl (one JSON object per line) or .csv with a header")
     select.add_argument(
         "--budget",
         required=True,
@@ -255,30 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=_positive_int,
         default=40,
-        help="probe-phase steps; a probe every LAZY steps, and a group's rank needs 3 valued "
-        "probes (default: 40)",
+        help="probe-phase steps; a probe every LAZY steps, and a group's rank needs 3 valued probes (default: 40)",
     )
-    select.add_argument(
-        "--lazy", type=_positive_int, default=4, help="probe every LAZY steps (default: 4)"
-    )
+    select.add_argument("--lazy", type=_positive_int, default=4, help="probe every LAZY steps (default: 4)")
     select.add_argument(
         "--lr",
         type=_positive_float,
         default=1e-4,
         help="base lr of the inner AdamW; GeNAdaPEFT adapts it per group (default: 1e-4)",
     )
-    select.add_argument(
-        "--batch-size", type=_positive_int, default=8, help="examples per step (default: 8)"
-    )
+    select.add_argument("--batch-size", type=_positive_int, default=8, help="examples per step (default: 8)")
     select.add_argument(
         "--max-length",
         type=_positive_int,
         default=128,
         help="truncate texts to this many tokens (default: 128)",
     )
-    select.add_argument(
-        "--text-column", default="text", help="column/field holding the text (default: text)"
-    )
+    select.add_argument("--text-column", default="text", help="column/field holding the text (default: text)")
     select.add_argument(
         "--label-column",
         default=None,
@@ -290,9 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add peft LoRA adapters (lora_A/lora_B groups) to every linear layer but the head",
     )
-    select.add_argument(
-        "--lora-rank", type=_positive_int, default=8, help="LoRA rank with --lora (default: 8)"
-    )
+    select.add_argument("--lora-rank", type=_positive_int, default=8, help="LoRA rank with --lora (default: 8)")
     select.add_argument(
         "--granularity",
         choices=("type", "block"),
@@ -392,9 +361,7 @@ def _resolve_device(spec: str):
                 f"device{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1}); pick one of "
                 f"them or use --device cuda"
             )
-    if spec == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
+    if spec == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise CLIError("--device mps: Apple's MPS backend is not available here; use --device cpu")
     return torch.device(spec)
 
@@ -485,14 +452,11 @@ def load_examples(
         if text_column not in row:
             fields = ", ".join(repr(k) for k in row) or "none"
             raise CLIError(
-                f"{where}: no '{text_column}' field (fields: {fields}); name the text field "
-                "with --text-column"
+                f"{where}: no '{text_column}' field (fields: {fields}); name the text field with --text-column"
             )
         text = row[text_column]
         if not isinstance(text, str):
-            raise CLIError(
-                f"{where}: '{text_column}' must be a string, got {type(text).__name__} {text!r}"
-            )
+            raise CLIError(f"{where}: '{text_column}' must be a string, got {type(text).__name__} {text!r}")
         texts.append(text)
         if label_key is None:
             if "label" in row and label_column is None:
@@ -509,13 +473,8 @@ def load_examples(
             )
         value = row.get(label_key)
         if value is None or value == "":
-            raise CLIError(
-                f"{where}: no '{label_key}' value; every example of a classification file "
-                "needs a label"
-            )
-        if isinstance(value, (dict, list, float)) and not (
-            isinstance(value, float) and value.is_integer()
-        ):
+            raise CLIError(f"{where}: no '{label_key}' value; every example of a classification file needs a label")
+        if isinstance(value, (dict, list, float)) and not (isinstance(value, float) and value.is_integer()):
             raise CLIError(f"{where}: label {value!r} is not a class name or integer id")
         labels.append(value)
     return texts, (labels if label_key is not None else None)
@@ -531,27 +490,20 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise CLIError(
-                        f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})"
-                    ) from None
+                    raise CLIError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
                 if not isinstance(obj, dict):
                     raise CLIError(
-                        f'{path}:{lineno}: expected a JSON object such as {{"text": "..."}}, got '
-                        f"{type(obj).__name__}"
+                        f'{path}:{lineno}: expected a JSON object such as {{"text": "..."}}, got {type(obj).__name__}'
                     )
                 rows.append((lineno, obj))
     except UnicodeDecodeError as err:
-        raise CLIError(
-            f"data file {path} is not UTF-8 text ({err.reason} at byte {err.start})"
-        ) from None
+        raise CLIError(f"data file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise CLIError(f"cannot read data file {path}: {err.strerror or err}") from None
     return rows
 
 
-def _read_csv(
-    path: Path, text_column: str, label_column: str | None, delimiter: str
-) -> list[tuple[int, dict]]:
+def _read_csv(path: Path, text_column: str, label_column: str | None, delimiter: str) -> list[tuple[int, dict]]:
     """Rows of a CSV file with the line each *starts* on (a quoted field may span lines)."""
     rows: list[tuple[int, dict]] = []
     header: list[str] | None = None
@@ -590,26 +542,20 @@ def _read_csv(
                         f'and write a quote inside a quoted field as ""'
                     ) from None
                 raise CLIError(
-                    f"{path}:{start}: malformed CSV ({err}); write a quote inside a quoted "
-                    f'field as ""'
+                    f'{path}:{start}: malformed CSV ({err}); write a quote inside a quoted field as ""'
                 ) from None
     except UnicodeDecodeError as err:
-        raise CLIError(
-            f"data file {path} is not UTF-8 text ({err.reason} at byte {err.start})"
-        ) from None
+        raise CLIError(f"data file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise CLIError(f"cannot read data file {path}: {err.strerror or err}") from None
     return rows
 
 
-def _check_csv_header(
-    path: Path, header: list[str], text_column: str, label_column: str | None
-) -> None:
+def _check_csv_header(path: Path, header: list[str], text_column: str, label_column: str | None) -> None:
     columns = ", ".join(header)
     if text_column not in header:
         raise CLIError(
-            f"{path}: no '{text_column}' column (columns: {columns}); name the text column "
-            "with --text-column"
+            f"{path}: no '{text_column}' column (columns: {columns}); name the text column with --text-column"
         )
     if label_column is not None and label_column not in header:
         raise CLIError(
@@ -651,9 +597,7 @@ def _load_model(folder: str, classification: bool, classes: list[str] | None):
     if not path.exists():
         raise CLIError(f"model folder {folder} does not exist")
     if not path.is_dir():
-        raise CLIError(
-            f"--model {folder} is not a folder; pass the folder written by model.save_pretrained()"
-        )
+        raise CLIError(f"--model {folder} is not a folder; pass the folder written by model.save_pretrained()")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CLIError(
@@ -666,9 +610,7 @@ def _load_model(folder: str, classification: bool, classes: list[str] | None):
         raise CLIError(f"cannot read {config_file}: {err}") from None
     model_type = raw.get("model_type") if isinstance(raw, dict) else None
     if not model_type:
-        raise CLIError(
-            f"{config_file} has no 'model_type'; re-save the model with save_pretrained()"
-        )
+        raise CLIError(f"{config_file} has no 'model_type'; re-save the model with save_pretrained()")
 
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -719,9 +661,7 @@ def _load_model(folder: str, classification: bool, classes: list[str] | None):
             ) from None
         raise CLIError(f"cannot load the model from {folder}: {str(err).splitlines()[0]}") from None
     except OSError as err:
-        raise CLIError(
-            f"cannot load the model weights from {folder}: {str(err).splitlines()[0]}"
-        ) from None
+        raise CLIError(f"cannot load the model weights from {folder}: {str(err).splitlines()[0]}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
@@ -767,10 +707,14 @@ def _attends_ahead(model) -> bool:
     model.eval()
     try:
         with torch.no_grad():
-            logits = model(
-                input_ids=torch.stack([first, second]),
-                attention_mask=torch.ones(2, length, dtype=torch.long),
-            ).logits[:, 0].float()
+            logits = (
+                model(
+                    input_ids=torch.stack([first, second]),
+                    attention_mask=torch.ones(2, length, dtype=torch.long),
+                )
+                .logits[:, 0]
+                .float()
+            )
     finally:
         model.train(was_training)
     change = (logits[0] - logits[1]).abs().max().item()
@@ -788,11 +732,7 @@ def _missing_head(model, missing_keys) -> list[str]:
         return []
     mine = {f"{prefix}.{name}" for name, _ in head.named_parameters()}
     # A tied head shares the input embedding's tensor, which the checkpoint holds.
-    tied = {
-        f"{prefix}.{name}"
-        for name, p in head.named_parameters()
-        if p is model.get_input_embeddings().weight
-    }
+    tied = {f"{prefix}.{name}" for name, p in head.named_parameters() if p is model.get_input_embeddings().weight}
     return sorted(k for k in missing_keys if k in mine and k not in tied)
 
 
@@ -856,8 +796,7 @@ def _run_select(args: argparse.Namespace) -> int:
     labels, classes = _label_ids(raw_labels) if classification else (None, None)
     if classification and len(classes) < 2:
         raise CLIError(
-            f"{args.data}: every example has the label {classes[0]!r}; classification needs "
-            "2 or more classes"
+            f"{args.data}: every example has the label {classes[0]!r}; classification needs 2 or more classes"
         )
     threads = _set_threads(args.threads)
     device = _resolve_device(args.device)
@@ -890,17 +829,13 @@ def _run_select(args: argparse.Namespace) -> int:
     model.config.pad_token_id = tokenizer.pad_token_id
     out = _output_folder(args.out)
 
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
-        model.config, "n_positions", None
-    )
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     max_length = min(args.max_length, limit) if limit else args.max_length
     encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     # A language-model example needs two tokens to predict one; a classifier needs one.
     keep = [i for i, ids in enumerate(encoded) if len(ids) >= (1 if classification else 2)]
     if not keep:
-        raise CLIError(
-            f"{args.data}: every text tokenizes to fewer than {1 if classification else 2} tokens"
-        )
+        raise CLIError(f"{args.data}: every text tokenizes to fewer than {1 if classification else 2} tokens")
     encoded = [encoded[i] for i in keep]
     if classification:
         labels = [labels[i] for i in keep]
@@ -910,18 +845,14 @@ def _run_select(args: argparse.Namespace) -> int:
 
         targets = _lora_targets(model)
         if not targets:
-            raise CLIError(
-                f"--lora: the model in {model_dir} has no linear layer outside its head to adapt"
-            )
+            raise CLIError(f"--lora: the model in {model_dir} has no linear layer outside its head to adapt")
         modules = dict(model.named_modules())
         # GPT-2-style Conv1D layers store (in, out) weights; peft must be told (it warns otherwise).
         conv1d = all(type(modules[name]).__name__ == "Conv1D" for name in targets)
         torch.manual_seed(args.seed)
         with warnings.catch_warnings():
             # peft calls a transformers property that transformers 5 deprecates; not ours to fix.
-            warnings.filterwarnings(
-                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
-            )
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = get_peft_model(
                 model,
                 LoraConfig(
@@ -969,9 +900,7 @@ def _run_select(args: argparse.Namespace) -> int:
 
     task = "sequence-classification" if classification else "causal-lm"
     if not args.quiet:
-        kind = (
-            f"classification ({len(classes)} classes)" if classification else "language modelling"
-        )
+        kind = f"classification ({len(classes)} classes)" if classification else "language modelling"
         print(
             f"adapeft select: {type(model).__name__} from {model_dir}, {len(encoded)} examples, "
             f"{kind}; {args.steps} steps, probing every {args.lazy}; on {device}, {threads} "
@@ -1037,8 +966,7 @@ def _run_select(args: argparse.Namespace) -> int:
     print(format_probe_summary(summary))
     few = few_probes_message(
         summary,
-        f"run more --steps (a probe every --lazy {args.lazy} steps) before trusting the "
-        "selection",
+        f"run more --steps (a probe every --lazy {args.lazy} steps) before trusting the selection",
     )
     if few:
         warnings.warn(few, FewProbesWarning, stacklevel=1)
@@ -1081,12 +1009,8 @@ def _run_select(args: argparse.Namespace) -> int:
         from .plots import plot_appi_curves, plot_frontier, plot_ppi_heatmap
 
         name = Path(model_dir).name
-        plot_ppi_heatmap(
-            opt.history, out / "ppi_heatmap.png", title=f"influence per probe step ({name})"
-        )
-        plot_appi_curves(
-            opt.history, out / "appi_curves.png", title=f"APPI during the probe phase ({name})"
-        )
+        plot_ppi_heatmap(opt.history, out / "ppi_heatmap.png", title=f"influence per probe step ({name})")
+        plot_appi_curves(opt.history, out / "appi_curves.png", title=f"APPI during the probe phase ({name})")
         plot_frontier(
             {"greedy APPI frontier": frontier},
             out / "frontier.png",
@@ -1109,18 +1033,13 @@ def _run_select(args: argparse.Namespace) -> int:
             "appi": appi_rows,
             "probes": summary,
             "warnings": [few] if few else [],
-            "frontier": [
-                {"fraction": p.fraction, "value": p.value, "groups": list(p.groups)}
-                for p in frontier
-            ],
+            "frontier": [{"fraction": p.fraction, "value": p.value, "groups": list(p.groups)} for p in frontier],
             "selection": selection.to_dict(),
             "history": opt.history,
             "files": sorted(files),
         }
     )
-    (out / "results.json").write_text(
-        json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8"
-    )
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     print()
     print(
         f"selection at budget {args.budget:g} ({args.method}): {'+'.join(selection.groups)} = "
@@ -1139,13 +1058,7 @@ def _next_step(selection, out: Path, lora: bool) -> str:
 
     load = f"sel = Selection.load('{out / 'selection.json'}')"
     if lora and not any(base_name(g) == "others" for g in selection.groups):
-        return (
-            f"{load}; model = peft.get_peft_model(base, sel.to_peft_config(base)); "
-            "apply_selection(model, sel)"
-        )
+        return f"{load}; model = peft.get_peft_model(base, sel.to_peft_config(base)); apply_selection(model, sel)"
     if lora:  # base weights selected: peft cannot express it, the adapters come from sel.lora
-        return (
-            f"{load}; model = peft.get_peft_model(base, peft.LoraConfig(**sel.lora)); "
-            "apply_selection(model, sel)"
-        )
+        return f"{load}; model = peft.get_peft_model(base, peft.LoraConfig(**sel.lora)); apply_selection(model, sel)"
     return f"{load}; apply_selection(base, sel)"

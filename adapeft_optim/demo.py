@@ -105,14 +105,9 @@ class DemoConfig:
         if self.warmup is not None and (
             isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 1
         ):
-            raise DemoError(
-                f"Invalid warmup: {self.warmup!r}; use an int >= 1 (or leave it out for 10% "
-                "of the steps)"
-            )
+            raise DemoError(f"Invalid warmup: {self.warmup!r}; use an int >= 1 (or leave it out for 10% of the steps)")
         if not (isinstance(self.budget, (int, float)) and 0.0 < self.budget <= 1.0):
-            raise DemoError(
-                f"Invalid budget: {self.budget!r}; use a fraction of parameters in (0, 1], e.g. 0.1"
-            )
+            raise DemoError(f"Invalid budget: {self.budget!r}; use a fraction of parameters in (0, 1], e.g. 0.1")
         if self.method not in ("greedy", "prefix", "exact"):
             raise DemoError(f"Invalid method: {self.method!r}; use 'greedy', 'prefix' or 'exact'")
         for key in ("small", "large"):
@@ -124,9 +119,7 @@ class DemoConfig:
     @property
     def warmup_steps(self) -> int:
         # Algorithm 2 probes for 10% of the horizon; at least 4 probes so APPI is not one sample.
-        return (
-            self.warmup if self.warmup is not None else max(4 * self.lazy, round(0.1 * self.steps))
-        )
+        return self.warmup if self.warmup is not None else max(4 * self.lazy, round(0.1 * self.steps))
 
 
 # -- output helpers -----------------------------------------------------------------------------
@@ -148,9 +141,7 @@ def json_safe(obj: Any) -> Any:
     return str(obj)
 
 
-def format_table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None
-) -> str:
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
     """A plain-text table: a header line, a rule, one line per row.
 
     ``align`` holds one character per column, ``"l"`` or ``"r"`` (default: first column left,
@@ -161,10 +152,7 @@ def format_table(
     align = align or "l" + "r" * (len(headers) - 1)
     lines = []
     for j, row in enumerate(cells):
-        parts = [
-            c.ljust(w) if a == "l" else c.rjust(w)
-            for c, w, a in zip(row, widths, align, strict=True)
-        ]
+        parts = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align, strict=True)]
         lines.append("  ".join(parts).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -185,7 +173,6 @@ def _size_label(size: str) -> str:
 
 
 # -- the pipeline -------------------------------------------------------------------------------
-
 
 
 def appi_table(opt) -> list[dict]:
@@ -233,9 +220,9 @@ def probe_summary(history: Iterable[dict], groups: Iterable[str] = ()) -> list[d
         (case -> count, valued probes) and ``reasons`` (reason -> count, probes not
         accepted), the counters as plain dicts, most frequent first.
     """
+
     def empty(g: str) -> dict:
-        return {"group": g, "probes": 0, "valued": 0, "accepted": 0, "cases": Counter(),
-                "reasons": Counter()}
+        return {"group": g, "probes": 0, "valued": 0, "accepted": 0, "cases": Counter(), "reasons": Counter()}
 
     rows = {g: empty(g) for g in groups}
     for record in history:
@@ -252,8 +239,7 @@ def probe_summary(history: Iterable[dict], groups: Iterable[str] = ()) -> list[d
         else:
             row["reasons"][str(record.get("reason"))] += 1
     return [
-        row | {"cases": dict(row["cases"].most_common()),
-               "reasons": dict(row["reasons"].most_common())}
+        row | {"cases": dict(row["cases"].most_common()), "reasons": dict(row["reasons"].most_common())}
         for row in rows.values()
     ]
 
@@ -275,9 +261,7 @@ def format_probe_summary(rows: Sequence[dict]) -> str:
     )
 
 
-def few_probes_message(
-    rows: Sequence[dict], fix: str, minimum: int = MIN_VALUED_PROBES
-) -> str | None:
+def few_probes_message(rows: Sequence[dict], fix: str, minimum: int = MIN_VALUED_PROBES) -> str | None:
     """One line naming the groups with fewer than ``minimum`` valued probes, or ``None``.
 
     Args:
@@ -296,10 +280,7 @@ def few_probes_message(
         if unranked
         else ""
     )
-    return (
-        f"APPI ranks rest on fewer than {minimum} valued probes for {listed} (valued/probes)"
-        f"{tail}: {fix}"
-    )
+    return f"APPI ranks rest on fewer than {minimum} valued probes for {listed} (valued/probes){tail}: {fix}"
 
 
 def select_or_explain(opt: Any, budget: float, method: str) -> tuple[Any, str | None]:
@@ -394,9 +375,7 @@ def run_demo(
     bases = {}
     for role in ("small", "large"):
         size = getattr(config, role)
-        bases[role] = T.pretrained_model(
-            size, steps=config.pretrain_steps, progress=bar(f"pre-train {role}")
-        )
+        bases[role] = T.pretrained_model(size, steps=config.pretrain_steps, progress=bar(f"pre-train {role}"))
         note(f"  {role} model {_size_label(size)}: ready in {lap('pretrain_' + role):.1f}s")
     models_info = {}
     for role, base in bases.items():
@@ -464,9 +443,7 @@ def run_demo(
     say()
     say("probes per group (valued: counted in APPI; accepted: its lr fit was used)")
     say(format_probe_summary(summary))
-    few = few_probes_message(
-        summary, "use more --steps (or --warmup) or a lower --lazy for a ranking to trust"
-    )
+    few = few_probes_message(summary, "use more --steps (or --warmup) or a lower --lazy for a ranking to trust")
     if few:
         warnings.warn(few, FewProbesWarning, stacklevel=2)
     say()
@@ -611,13 +588,9 @@ def run_demo(
                 "task_B_after": T.evaluate(small, finetune, eval_batch),
             },
             "appi": appi_rows,
-            "frontier": [
-                {"fraction": p.fraction, "value": p.value, "groups": list(p.groups)}
-                for p in frontier
-            ],
+            "frontier": [{"fraction": p.fraction, "value": p.value, "groups": list(p.groups)} for p in frontier],
             "frontier_exact": [
-                {"fraction": p.fraction, "value": p.value, "groups": list(p.groups)}
-                for p in frontier_exact
+                {"fraction": p.fraction, "value": p.value, "groups": list(p.groups)} for p in frontier_exact
             ],
             "selection": selection.to_dict(),
             "comparison": comparison,
@@ -625,9 +598,7 @@ def run_demo(
             "files": sorted(files),
         }
     )
-    (out / "results.json").write_text(
-        json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8"
-    )
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     total_time = sum(timings.values())
     note(f"wrote {', '.join(sorted(files))} to {out} (total {total_time:.1f}s)")
     return results
@@ -643,9 +614,7 @@ def _write_plots(
         out / "ppi_heatmap.png",
         title="influence per probe step (small model, warm-up)",
     )
-    plot_appi_curves(
-        opt.history, out / "appi_curves.png", title="APPI during the warm-up (small model)"
-    )
+    plot_appi_curves(opt.history, out / "appi_curves.png", title="APPI during the warm-up (small model)")
     recipes = {c["name"]: (c["small_fraction"], c["predicted_value"]) for c in comparison[1:]}
     plot_frontier(
         {"greedy APPI frontier": frontier},

@@ -12,7 +12,8 @@ touches an optimizer or a model; everything runs in float64 numpy.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def fit_quadratic(etas: Sequence[float], dlosses: Sequence[float], noise: float 
     )
 
 
-def _even_residual_sigma(u: np.ndarray, y: np.ndarray, a: float) -> Optional[float]:
+def _even_residual_sigma(u: np.ndarray, y: np.ndarray, a: float) -> float | None:
     """Residual sigma of the even part ½(ΔL(η) + ΔL(−η)) = ½η²A + O(η⁴), or None.
 
     On a symmetric stencil the third-order term of the loss is odd: it moves b and the residuals
@@ -113,7 +114,7 @@ def _even_residual_sigma(u: np.ndarray, y: np.ndarray, a: float) -> Optional[flo
     return math.sqrt(2.0 * float(resid @ resid) / dof)
 
 
-def check_fit(fit: QuadraticFit, r2_min: float, z: float = 3.0) -> Optional[str]:
+def check_fit(fit: QuadraticFit, r2_min: float, z: float = 3.0) -> str | None:
     """Why a fit must be rejected, or ``None`` when it is usable.
 
     The paper's gate (b > 0, A > 0, R² ≥ r2_min) plus one more rule: the curvature must stand

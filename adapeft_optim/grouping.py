@@ -147,9 +147,7 @@ def group_parameters(
             f"a dict name -> list of parameters as `groups` instead"
         )
     if granularity not in GRANULARITIES:
-        raise ValueError(
-            f"Invalid granularity: {granularity!r}; use one of {GRANULARITIES}"
-        )
+        raise ValueError(f"Invalid granularity: {granularity!r}; use one of {GRANULARITIES}")
     if isinstance(head_names, str):
         raise TypeError(
             f"head_names must be a collection of module names, got the string "
@@ -159,9 +157,7 @@ def group_parameters(
     # remove_duplicate=False: a module reachable under two paths must resolve under both.
     modules = dict(model.named_modules(remove_duplicate=False))
     head_prefixes = _head_prefixes(model, modules, head_names)
-    embedding_tensors = {
-        id(p) for m in modules.values() if _is_embedding(m) for p in m.parameters(recurse=False)
-    }
+    embedding_tensors = {id(p) for m in modules.values() if _is_embedding(m) for p in m.parameters(recurse=False)}
     module_lists = {path for path, m in modules.items() if isinstance(m, nn.ModuleList)}
     originals = _modules_to_save_originals(model, modules)
 
@@ -206,10 +202,7 @@ def describe_groups(groups: Mapping[str, Iterable[torch.Tensor]]) -> list[GroupR
         )
     counts = [(name, [p.numel() for p in params]) for name, params in groups.items()]
     total = sum(sum(sizes) for _, sizes in counts)
-    return [
-        GroupRow(name, len(sizes), sum(sizes), sum(sizes) / total if total else 0.0)
-        for name, sizes in counts
-    ]
+    return [GroupRow(name, len(sizes), sum(sizes), sum(sizes) / total if total else 0.0) for name, sizes in counts]
 
 
 def _classify(
@@ -271,9 +264,7 @@ def _modules_to_save_originals(model: nn.Module, modules: dict[str, nn.Module]) 
 
 
 def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, _NORM_TYPES) or any(
-        cls.__name__.endswith("Norm") for cls in type(module).__mro__
-    )
+    return isinstance(module, _NORM_TYPES) or any(cls.__name__.endswith("Norm") for cls in type(module).__mro__)
 
 
 def _is_embedding(module: nn.Module) -> bool:
@@ -303,9 +294,7 @@ def _core_path(model: nn.Module, modules: dict[str, nn.Module]) -> tuple[str, ..
     return ()
 
 
-def _head_prefixes(
-    model: nn.Module, modules: dict[str, nn.Module], head_names: Iterable[str]
-) -> list[tuple[str, ...]]:
+def _head_prefixes(model: nn.Module, modules: dict[str, nn.Module], head_names: Iterable[str]) -> list[tuple[str, ...]]:
     core = _core_path(model, modules)
     prefixes = [core + tuple(name.split(".")) for name in head_names]
     get_output_embeddings = getattr(model, "get_output_embeddings", None)

@@ -27,8 +27,8 @@ import contextlib
 import inspect
 import math
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ from .optimizer import GeNAdaPEFT, _RNGState
 
 __all__ = [
     "BatchLoss",
-    "GeNAdaPEFTCallback",
+    "GeNAdaPEFTCallback",  # noqa: F822 (made on first use: importing transformers costs seconds)
     "GeNAdaPEFTFactory",
     "ProbeBatches",
     "ReplayClosure",
@@ -74,7 +74,7 @@ def _unwrap_module(model: nn.Module) -> nn.Module:
     return model
 
 
-def _autocast_device_types(module: nn.Module) -> Tuple[str, ...]:
+def _autocast_device_types(module: nn.Module) -> tuple[str, ...]:
     types = ["cpu"]
     if torch.cuda.is_available():
         types.append("cuda")
@@ -85,7 +85,7 @@ def _autocast_device_types(module: nn.Module) -> Tuple[str, ...]:
     return tuple(types)
 
 
-def _autocast_state(device_type: str) -> Tuple[bool, torch.dtype]:
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
     if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
         return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
     if device_type == "cpu":
@@ -109,7 +109,7 @@ class ReplayClosure:
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Optional[Callable[[Any], Any]] = None,
+        loss_fn: Callable[[Any], Any] | None = None,
         *,
         drop_kwargs: Iterable[str] = _DEFAULT_DROP_KWARGS,
     ) -> None:
@@ -119,20 +119,19 @@ class ReplayClosure:
                 f"got {type(model).__name__}"
             )
         if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(
-                f"loss_fn must be callable (outputs -> scalar loss), got {type(loss_fn).__name__}"
-            )
+            raise TypeError(f"loss_fn must be callable (outputs -> scalar loss), got {type(loss_fn).__name__}")
         if isinstance(drop_kwargs, str):
-            raise TypeError(f"drop_kwargs must be a collection of names, got the string {drop_kwargs!r}; "
-                            f"pass ({drop_kwargs!r},)")
+            raise TypeError(
+                f"drop_kwargs must be a collection of names, got the string {drop_kwargs!r}; pass ({drop_kwargs!r},)"
+            )
         self.module = _unwrap_module(model)
         self.loss_fn = loss_fn
         self.drop_kwargs = tuple(drop_kwargs)
         self._autocast_types = _autocast_device_types(self.module)
-        self._args: Optional[tuple] = None
-        self._kwargs: Optional[dict] = None
-        self._rng: Optional[_RNGState] = None
-        self._autocast: Tuple[Tuple[str, bool, torch.dtype], ...] = ()
+        self._args: tuple | None = None
+        self._kwargs: dict | None = None
+        self._rng: _RNGState | None = None
+        self._autocast: tuple[tuple[str, bool, torch.dtype], ...] = ()
         self._replaying = False
         self._warned = False
         self.forwards = 0
@@ -190,7 +189,7 @@ class ReplayClosure:
             self._handle = None
         self._args = self._kwargs = self._rng = None
 
-    def __enter__(self) -> "ReplayClosure":
+    def __enter__(self) -> ReplayClosure:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -201,7 +200,7 @@ class ReplayClosure:
         return f"ReplayClosure({type(self.module).__name__}, {state})"
 
 
-def _loss_of(outputs: Any, loss_fn: Optional[Callable[[Any], Any]]) -> Any:
+def _loss_of(outputs: Any, loss_fn: Callable[[Any], Any] | None) -> Any:
     if loss_fn is not None:
         return loss_fn(outputs)
     loss = outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
@@ -214,7 +213,7 @@ def _loss_of(outputs: Any, loss_fn: Optional[Callable[[Any], Any]]) -> Any:
     return loss
 
 
-def _to_device(batch: Any, device: Optional[torch.device]) -> Any:
+def _to_device(batch: Any, device: torch.device | None) -> Any:
     if device is None:
         return batch
     if torch.is_tensor(batch):
@@ -239,7 +238,7 @@ class BatchLoss:
             (default: None, ``outputs.loss``).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Optional[Callable[[Any], Any]] = None) -> None:
+    def __init__(self, model: nn.Module, loss_fn: Callable[[Any], Any] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"BatchLoss needs the model as an nn.Module, got {type(model).__name__}")
         if loss_fn is not None and not callable(loss_fn):
@@ -274,8 +273,15 @@ class ProbeBatches(Sequence):
         device: where to put the batch's tensors (default: None, leave them).
     """
 
-    def __init__(self, dataset: Any, batch_size: int, *, collate_fn: Optional[Callable[[Any], Any]] = None,
-                 seed: int = 1, device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        *,
+        collate_fn: Callable[[Any], Any] | None = None,
+        seed: int = 1,
+        device: torch.device | None = None,
+    ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Invalid batch_size: {batch_size!r}; use an int >= 1")
         if len(dataset) == 0:
@@ -292,7 +298,7 @@ class ProbeBatches(Sequence):
         if not -len(self) <= k < len(self):
             raise IndexError(f"probe batch {k} out of range ({len(self)} batches)")
         k %= len(self)
-        rows = self._order[k * self.batch_size:(k + 1) * self.batch_size]
+        rows = self._order[k * self.batch_size : (k + 1) * self.batch_size]
         return _to_device(self.collate_fn([self.dataset[i] for i in rows]), self.device)
 
     def __repr__(self) -> str:
@@ -301,7 +307,7 @@ class ProbeBatches(Sequence):
 
 def replay_closure(
     model: nn.Module,
-    loss_fn: Optional[Callable[[Any], Any]] = None,
+    loss_fn: Callable[[Any], Any] | None = None,
     *,
     drop_kwargs: Iterable[str] = _DEFAULT_DROP_KWARGS,
 ) -> ReplayClosure:
@@ -445,11 +451,13 @@ class GeNAdaPEFTFactory:
         optimizer: type = torch.optim.AdamW,
         weight_decay: float = 0.0,
         granularity: str = "type",
-        loss_fn: Optional[Callable[[Any], Any]] = None,
+        loss_fn: Callable[[Any], Any] | None = None,
         **kwargs: Any,
     ) -> GeNAdaPEFT:
         if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.AdamW), got {optimizer!r}")
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.AdamW), got {optimizer!r}"
+            )
         if "groups" in kwargs:
             raise ValueError("GeNAdaPEFTFactory groups the model itself; pass granularity= instead of groups=")
         wrapper_kwargs = {k: v for k, v in kwargs.items() if k in _WRAPPER_KWARGS}
@@ -471,7 +479,7 @@ class GeNAdaPEFTFactory:
 # -- Trainer callback ------------------------------------------------------------------------------
 
 
-def _check_mask_at(mask_at: Any) -> Optional[float]:
+def _check_mask_at(mask_at: Any) -> float | None:
     if mask_at is None:
         return None
     if isinstance(mask_at, bool) or not isinstance(mask_at, (int, float)):
@@ -533,8 +541,8 @@ def _callback_class() -> type:
             self,
             optimizer: Any = None,
             *,
-            mask_at: Optional[float] = None,
-            budget: Optional[float] = None,
+            mask_at: float | None = None,
+            budget: float | None = None,
             method: str = "greedy",
             probe_dataset: Any = None,
         ) -> None:
@@ -545,25 +553,26 @@ def _callback_class() -> type:
                     f"mask_at={mask_at!r} and budget={budget!r}: give both (switch to masked mode at mask_at "
                     "keeping the fraction budget of parameters) or neither"
                 )
-            if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
-                                       or not 0.0 <= budget <= 1.0):
+            if budget is not None and (
+                isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 <= budget <= 1.0
+            ):
                 raise ValueError(f"Invalid budget: {budget!r}; use a fraction of parameters in [0, 1]")
             if method not in ("greedy", "prefix", "exact"):
                 raise ValueError(f"Invalid method: {method!r}; use 'greedy', 'prefix' or 'exact'")
             self.budget = budget
             self.method = method
-            self._opt: Optional[GeNAdaPEFT] = unwrap_optimizer(optimizer) if optimizer is not None else None
-            self._mask_step: Optional[int] = None
-            self.masked_at: Optional[int] = None
+            self._opt: GeNAdaPEFT | None = unwrap_optimizer(optimizer) if optimizer is not None else None
+            self._mask_step: int | None = None
+            self.masked_at: int | None = None
 
-        def attach(self, trainer: Any) -> "GeNAdaPEFTCallback":
+        def attach(self, trainer: Any) -> GeNAdaPEFTCallback:
             """Register this callback first in ``trainer``'s callbacks, ahead of the ``report_to``
             integrations, so they log the values it adds. Returns the callback."""
             callbacks = trainer.callback_handler.callbacks
             callbacks[:] = [self] + [cb for cb in callbacks if cb is not self]
             return self
 
-        def _optimizer(self, optimizer: Any) -> Optional[GeNAdaPEFT]:
+        def _optimizer(self, optimizer: Any) -> GeNAdaPEFT | None:
             if self._opt is None and optimizer is not None:
                 self._opt = unwrap_optimizer(optimizer)
             return self._opt
@@ -599,8 +608,13 @@ def _callback_class() -> type:
             collate = getattr(loader, "collate_fn", None)
             dist = torch.distributed
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            opt.probe_data = ProbeBatches(dataset, args.per_device_train_batch_size, collate_fn=collate,
-                                          seed=args.seed + 1 + rank, device=args.device)
+            opt.probe_data = ProbeBatches(
+                dataset,
+                args.per_device_train_batch_size,
+                collate_fn=collate,
+                seed=args.seed + 1 + rank,
+                device=args.device,
+            )
             old = opt.closure
             opt.closure = BatchLoss(model, loss_fn=old.loss_fn if replay else None)
             if replay:
@@ -630,7 +644,7 @@ def _callback_class() -> type:
             logs.update(values)
 
         @staticmethod
-        def metrics(opt: GeNAdaPEFT) -> Dict[str, float]:
+        def metrics(opt: GeNAdaPEFT) -> dict[str, float]:
             """The values added to each log: effective lr and APPI per group."""
             opt = unwrap_optimizer(opt)
             out = {f"{_LOG_PREFIX}/lr/{n}": float(v) for n, v in opt.lrs.items()}

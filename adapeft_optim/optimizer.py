@@ -11,9 +11,9 @@ import inspect
 import math
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from .fit import best_reduction, check_fit, fit_quadratic, newton_update
 
 __all__ = ["GeNAdaPEFT"]
 
-Closure = Callable[[], Union[torch.Tensor, float]]
+Closure = Callable[[], torch.Tensor | float]
 
 # Note [The probe step]
 # ~~~~~~~~~~~~~~~~~~~~~
@@ -105,9 +105,7 @@ def _check_inner(optimizer: Optimizer) -> None:
     if why is None and name == "Adafactor" and any(g.get("relative_step") for g in groups):
         why = "relative_step=True sets its own lr (pass lr=..., relative_step=False, scale_parameter=False)"
     if why is not None:
-        raise TypeError(
-            f"{name} cannot be wrapped: {why}. GeNAdaPEFT needs an inner update linear in lr ({supported})"
-        )
+        raise TypeError(f"{name} cannot be wrapped: {why}. GeNAdaPEFT needs an inner update linear in lr ({supported})")
     if any(g.get("maximize") for g in groups):
         raise ValueError(
             f"{name}(maximize=True) is not supported: the probes fit the loss the closure returns, which "
@@ -140,7 +138,7 @@ def _step_without_global_hooks(inner: Optimizer) -> Any:
     if raw is None or "step" in vars(inner):
         return inner.step()
     args: tuple = ()
-    kwargs: Dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
     for hook in inner._optimizer_step_pre_hooks.values():
         result = hook(inner, args, kwargs)
         if result is not None:
@@ -238,10 +236,17 @@ _GUARD_WINDOW = 16
 # special entry. Values are replaced, never mutated in place (a state_dict() shares them).
 # The probe history is a bounded log (history_size records), not state.
 
-_GROUP_START = {"factor": 1.0, "spacing": 1.0, "appi": 0.0, "probes": 0, "accepted": 0, "valued": 0,
-                "requires": ()}
-_SHARED_START = {"step": 0, "probe_count": 0, "recent_l0": (), "mask": None, "ranking": None,
-                 "stable_count": 0, "budget": None, "selection": None}
+_GROUP_START = {"factor": 1.0, "spacing": 1.0, "appi": 0.0, "probes": 0, "accepted": 0, "valued": 0, "requires": ()}
+_SHARED_START = {
+    "step": 0,
+    "probe_count": 0,
+    "recent_l0": (),
+    "mask": None,
+    "ranking": None,
+    "stable_count": 0,
+    "budget": None,
+    "selection": None,
+}
 
 
 class _GroupStats(MutableMapping):
@@ -250,7 +255,7 @@ class _GroupStats(MutableMapping):
     __slots__ = ("_groups",)
     _KEYS = ("factor", "spacing", "appi", "probes", "accepted", "valued")
 
-    def __init__(self, groups: List[dict]) -> None:
+    def __init__(self, groups: list[dict]) -> None:
         self._groups = groups
 
     def __getitem__(self, key: str) -> Any:
@@ -280,10 +285,10 @@ class _GroupStats(MutableMapping):
 def _shared(key: str, doc: str) -> property:
     """A wrapper value kept alike in every param group (Note [State in the param groups])."""
 
-    def get(self: "GeNAdaPEFT") -> Any:
+    def get(self: GeNAdaPEFT) -> Any:
         return self.param_groups[0][f"adapeft_{key}"]
 
-    def set_(self: "GeNAdaPEFT", value: Any) -> None:
+    def set_(self: GeNAdaPEFT, value: Any) -> None:
         for g in self.param_groups:
             g[f"adapeft_{key}"] = value
 
@@ -298,8 +303,8 @@ class _KeepBuffers:
     own pre-hooks (spectral norm updates u and v in one) and its forward.
     """
 
-    def __enter__(self) -> "_KeepBuffers":
-        self._saved: Dict[int, Tuple[nn.Module, Dict[str, torch.Tensor]]] = {}
+    def __enter__(self) -> _KeepBuffers:
+        self._saved: dict[int, tuple[nn.Module, dict[str, torch.Tensor]]] = {}
         self._handle = torch.nn.modules.module.register_module_forward_pre_hook(self._save)
         return self
 
@@ -323,10 +328,11 @@ class _KeepBuffers:
 class _Line:
     """Puts each param group at ``origin − c·d`` from saved copies (Note [The probe step])."""
 
-    def __init__(self, params: List[List[torch.Tensor]], origin: List[List[torch.Tensor]],
-                 dirs: List[List[torch.Tensor]]) -> None:
+    def __init__(
+        self, params: list[list[torch.Tensor]], origin: list[list[torch.Tensor]], dirs: list[list[torch.Tensor]]
+    ) -> None:
         self.params, self.origin, self.dirs = params, origin, dirs
-        self._at: List[Optional[float]] = [None] * len(params)  # unknown after the inner step
+        self._at: list[float | None] = [None] * len(params)  # unknown after the inner step
 
     def move(self, coefficients: Sequence[float]) -> None:
         # Only param groups whose coefficient changes are written, so a probe forward costs a
@@ -346,16 +352,16 @@ class _Update:
     step: int
     L0: float
     noise: float  # the loss's rounding level at L0
-    factors: Dict[str, float]
-    spacings: Dict[str, float] = field(default_factory=dict)
-    ppi: Dict[str, float] = field(default_factory=dict)
-    records: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    recent_l0: Optional[List[float]] = None
+    factors: dict[str, float]
+    spacings: dict[str, float] = field(default_factory=dict)
+    ppi: dict[str, float] = field(default_factory=dict)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recent_l0: list[float] | None = None
     guarded: bool = False
     joint_scale: float = 1.0
     joint_t: float = math.nan
 
-    def apply_joint(self, result: Tuple[float, float], names: Sequence[str]) -> None:
+    def apply_joint(self, result: tuple[float, float], names: Sequence[str]) -> None:
         self.joint_scale, self.joint_t = result
         for name in names:
             self.factors[name] *= self.joint_scale
@@ -445,21 +451,21 @@ class GeNAdaPEFT(Optimizer):
     def __init__(
         self,
         optimizer: Optimizer,
-        closure: Optional[Callable[..., Any]] = None,
-        groups: Optional[Mapping[str, Iterable[torch.Tensor]]] = None,
+        closure: Callable[..., Any] | None = None,
+        groups: Mapping[str, Iterable[torch.Tensor]] | None = None,
         *,
-        probe_data: Optional[Iterable[Any]] = None,
+        probe_data: Iterable[Any] | None = None,
         lazy: int = 8,
         scales: Sequence[float] = (-2, -1, 1, 2),
         r2_min: float = 0.99,
         smoothing: float = 0.9,
         max_change: float = 2.0,
         z: float = 3.0,
-        loss_rtol: Optional[float] = None,
+        loss_rtol: float | None = None,
         max_spacing: float = 1024.0,
-        budget: Optional[float] = None,
-        select_after: Optional[int] = None,
-        stable_probes: Optional[int] = None,
+        budget: float | None = None,
+        select_after: int | None = None,
+        stable_probes: int | None = None,
         select_method: str = "greedy",
         freeze: bool = True,
         history_size: int = 10_000,
@@ -474,7 +480,9 @@ class GeNAdaPEFT(Optimizer):
                 f"optimizer must be a torch.optim.Optimizer (e.g. torch.optim.AdamW), got {type(optimizer).__name__}"
             )
         if closure is not None and not callable(closure):
-            raise TypeError(f"closure must be callable (e.g. lambda: model(**batch).loss), got {type(closure).__name__}")
+            raise TypeError(
+                f"closure must be callable (e.g. lambda: model(**batch).loss), got {type(closure).__name__}"
+            )
         if isinstance(lazy, bool) or not isinstance(lazy, int) or lazy < 0:
             raise ValueError(f"Invalid lazy: {lazy!r}; use an int >= 0 (0 turns probing off)")
         scales = self._check_scales(scales)
@@ -505,7 +513,8 @@ class GeNAdaPEFT(Optimizer):
         if probe_data is not None:
             if not isinstance(probe_data, Iterable) or isinstance(probe_data, Mapping) or torch.is_tensor(probe_data):
                 raise TypeError(
-                    f"probe_data must be an iterable of batches (a list, a DataLoader), got {type(probe_data).__name__}; "
+                    "probe_data must be an iterable of batches (a list, a DataLoader), got "
+                    f"{type(probe_data).__name__}; "
                     "for one batch pass [batch]"
                 )
             if closure is not None:
@@ -538,11 +547,11 @@ class GeNAdaPEFT(Optimizer):
         self.joint_check = bool(joint_check)
         self.adapt_lr = bool(adapt_lr)
         self._probe_data = probe_data
-        self._probe_iter: Optional[Iterator[Any]] = None
+        self._probe_iter: Iterator[Any] | None = None
         if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
             raise ValueError(f"Invalid history_size: {history_size!r}; use an int >= 0 (records kept)")
         self.history_size = history_size
-        self.history: List[Dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
 
         self._split_param_groups(groups)
         # Note [State in the param groups]: every value of the wrapper starts here.
@@ -554,26 +563,27 @@ class GeNAdaPEFT(Optimizer):
         # zero): a selection is applied to a fresh adapter, whatever training did to this one.
         from .selection import group_dependencies
 
-        self.requires = group_dependencies({n: [p for g in self._groups_of(n) for p in g["params"]]
-                                            for n in self.names})
+        self.requires = group_dependencies(
+            {n: [p for g in self._groups_of(n) for p in g["params"]] for n in self.names}
+        )
 
     @property
-    def probe_data(self) -> Optional[Iterable[Any]]:
+    def probe_data(self) -> Iterable[Any] | None:
         """The batches probes evaluate (Note [Probe batches]); setting it starts them over."""
         return self._probe_data
 
     @probe_data.setter
-    def probe_data(self, value: Optional[Iterable[Any]]) -> None:
+    def probe_data(self, value: Iterable[Any] | None) -> None:
         self._probe_data = value
         self._probe_iter = None
 
     # -- sharing the inner optimizer ------------------------------------------------------------
     @property
-    def param_groups(self) -> List[dict]:  # type: ignore[override]
+    def param_groups(self) -> list[dict]:  # type: ignore[override]
         return self.optimizer.param_groups
 
     @param_groups.setter
-    def param_groups(self, value: List[dict]) -> None:
+    def param_groups(self, value: list[dict]) -> None:
         self.optimizer.param_groups = value
 
     @property
@@ -585,36 +595,41 @@ class GeNAdaPEFT(Optimizer):
         self.optimizer.state = value
 
     @property
-    def defaults(self) -> Dict[str, Any]:  # type: ignore[override]
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
         return self.optimizer.defaults
 
     @defaults.setter
-    def defaults(self, value: Dict[str, Any]) -> None:
+    def defaults(self, value: dict[str, Any]) -> None:
         self.optimizer.defaults = value
 
     @staticmethod
-    def _check_scales(scales: Sequence[float]) -> Tuple[float, ...]:
+    def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
         try:
             values = tuple(float(s) for s in scales)
         except (TypeError, ValueError):
             raise ValueError(f"Invalid scales: {scales!r}; use a sequence of numbers such as (-2, -1, 1, 2)") from None
         if any(not math.isfinite(s) or s == 0.0 for s in values):
-            raise ValueError(f"Invalid scales: {scales!r}; every scale must be finite and non-zero (L0 is always measured)")
+            raise ValueError(
+                f"Invalid scales: {scales!r}; every scale must be finite and non-zero (L0 is always measured)"
+            )
         if len(set(values)) != len(values) or len(values) < 2:
             raise ValueError(
-                f"Invalid scales: {scales!r}; need at least two distinct scales to fit b and A, e.g. (-1, 1) or (-2, -1, 1, 2)"
+                f"Invalid scales: {scales!r}; need at least two distinct scales to fit b and A, "
+                "e.g. (-1, 1) or (-2, -1, 1, 2)"
             )
         return values
 
-    def _split_param_groups(self, groups: Optional[Mapping[str, Iterable[torch.Tensor]]]) -> None:
+    def _split_param_groups(self, groups: Mapping[str, Iterable[torch.Tensor]] | None) -> None:
         inner_groups = self.optimizer.param_groups
         if any("adapeft_name" in g for g in inner_groups):
             raise ValueError("the optimizer's param groups already carry adapeft_name: it was wrapped before")
         if groups is None:
             groups = {str(g.get("name", f"group{i}")): g["params"] for i, g in enumerate(inner_groups)}
         if not isinstance(groups, Mapping):
-            raise TypeError(f"groups must map a name to parameters (e.g. group_parameters(model)), got {type(groups).__name__}")
-        owner: Dict[int, str] = {}
+            raise TypeError(
+                f"groups must map a name to parameters (e.g. group_parameters(model)), got {type(groups).__name__}"
+            )
+        owner: dict[int, str] = {}
         for name, params in groups.items():
             if not isinstance(name, str):
                 raise TypeError(f"group names must be str, got {name!r}")
@@ -632,15 +647,21 @@ class GeNAdaPEFT(Optimizer):
                     )
                 owner[id(p)] = name
         in_optimizer = {id(p) for g in inner_groups for p in g["params"]}
-        missing = [(n, i, p) for n, ps in groups.items() for i, p in enumerate(ps if not torch.is_tensor(ps) else [ps])
-                   if id(p) not in in_optimizer]
+        missing = [
+            (n, i, p)
+            for n, ps in groups.items()
+            for i, p in enumerate(ps if not torch.is_tensor(ps) else [ps])
+            if id(p) not in in_optimizer
+        ]
         if missing:
             n, i, p = missing[0]
             raise ValueError(
                 f"parameter {i} of group {n!r} (shape {tuple(p.shape)}) is not in the optimizer "
                 f"({len(missing)} such); pass the same parameters to the optimizer and to groups"
             )
-        ungrouped = [(j, i, p) for j, g in enumerate(inner_groups) for i, p in enumerate(g["params"]) if id(p) not in owner]
+        ungrouped = [
+            (j, i, p) for j, g in enumerate(inner_groups) for i, p in enumerate(g["params"]) if id(p) not in owner
+        ]
         if ungrouped:
             j, i, p = ungrouped[0]
             hint = (
@@ -661,8 +682,12 @@ class GeNAdaPEFT(Optimizer):
             for name in order:
                 keep = [i for i, p in enumerate(g["params"]) if owner[id(p)] == name]
                 if keep:
-                    part = {**rest, "params": [g["params"][i] for i in keep], "adapeft_name": name,
-                            "adapeft_base_lr": _lr_value(g)}
+                    part = {
+                        **rest,
+                        "params": [g["params"][i] for i in keep],
+                        "adapeft_name": name,
+                        "adapeft_base_lr": _lr_value(g),
+                    }
                     if "param_names" in g:  # optimizers built from named_parameters()
                         part["param_names"] = [g["param_names"][i] for i in keep]
                     split.append(part)
@@ -680,14 +705,17 @@ class GeNAdaPEFT(Optimizer):
     _selection_json = _shared("selection", "The Selection trained in masked mode, as JSON, or None.")
 
     @property
-    def _stats(self) -> Dict[str, "_GroupStats"]:
+    def _stats(self) -> dict[str, _GroupStats]:
         return {n: _GroupStats(self._groups_of(n)) for n in self.names}
 
     @property
-    def requires(self) -> Dict[str, Tuple[str, ...]]:
+    def requires(self) -> dict[str, tuple[str, ...]]:
         """Which group cannot learn without which, as wrapped (e.g. ``{"lora_A": ("lora_B",)}``)."""
-        return {n: tuple(self._groups_of(n)[0]["adapeft_requires"]) for n in self.names
-                if self._groups_of(n)[0]["adapeft_requires"]}
+        return {
+            n: tuple(self._groups_of(n)[0]["adapeft_requires"])
+            for n in self.names
+            if self._groups_of(n)[0]["adapeft_requires"]
+        }
 
     @requires.setter
     def requires(self, value: Mapping[str, Sequence[str]]) -> None:
@@ -707,36 +735,36 @@ class GeNAdaPEFT(Optimizer):
         self._selection_json = value.to_json() if value is not None else None
 
     # -- public read-outs -----------------------------------------------------------------------
-    def _groups_of(self, name: str) -> List[dict]:
+    def _groups_of(self, name: str) -> list[dict]:
         return [g for g in self.param_groups if g["adapeft_name"] == name]
 
     @property
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         """Group names, in order."""
         return list(dict.fromkeys(g["adapeft_name"] for g in self.param_groups))
 
     @property
-    def appi(self) -> Dict[str, float]:
+    def appi(self) -> dict[str, float]:
         """Accumulated per-parameter influence of each group (every valued probe: Note [Influence of every probe])."""
         return {n: s["appi"] for n, s in self._stats.items()}
 
     @property
-    def lrs(self) -> Dict[str, float]:
+    def lrs(self) -> dict[str, float]:
         """Effective learning rate of each group now (that of its first param group)."""
         return {n: s["factor"] * _lr_value(self._groups_of(n)[0]) for n, s in self._stats.items()}
 
     @property
-    def newton_lrs(self) -> Dict[str, float]:
+    def newton_lrs(self) -> dict[str, float]:
         """Newton learning rate of each group, in units of the lr it was wrapped with."""
         return {n: s["factor"] * self._groups_of(n)[0]["adapeft_base_lr"] for n, s in self._stats.items()}
 
     @property
-    def numel(self) -> Dict[str, int]:
+    def numel(self) -> dict[str, int]:
         """Number of parameters in each group."""
         return {n: sum(p.numel() for g in self._groups_of(n) for p in g["params"]) for n in self._stats}
 
     @property
-    def masked(self) -> Optional[Tuple[str, ...]]:
+    def masked(self) -> tuple[str, ...] | None:
         """The selected group names in masked mode, else ``None``."""
         return self._mask
 
@@ -744,7 +772,7 @@ class GeNAdaPEFT(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
         raise RuntimeError(
             "GeNAdaPEFT cannot take new param groups; add them to the inner optimizer before wrapping it"
         )
@@ -768,10 +796,10 @@ class GeNAdaPEFT(Optimizer):
             for g, lr in zip(self.param_groups, saved):
                 g["lr"] = lr
 
-    def _effective_lrs(self) -> List[float]:
+    def _effective_lrs(self) -> list[float]:
         return [g["adapeft_factor"] * _lr_value(g) for g in self.param_groups]
 
-    def step(self, closure: Optional[Closure] = None) -> Optional[torch.Tensor]:
+    def step(self, closure: Closure | None = None) -> torch.Tensor | None:
         """Perform one optimization step, probing the groups every ``lazy`` steps.
 
         Args:
@@ -831,8 +859,9 @@ class GeNAdaPEFT(Optimizer):
                 "empty or exhausted iterator; for an endless stream use itertools.cycle"
             ) from None
 
-    def _evaluate(self, closure: Callable[..., Any], batch: Any, rng: _RNGState,
-                  grads: List[torch.Tensor]) -> torch.Tensor:
+    def _evaluate(
+        self, closure: Callable[..., Any], batch: Any, rng: _RNGState, grads: list[torch.Tensor]
+    ) -> torch.Tensor:
         rng.restore()
         versions = [g._version for g in grads]
         try:
@@ -858,7 +887,9 @@ class GeNAdaPEFT(Optimizer):
             return out.detach().reshape(())
         if isinstance(out, (int, float)) and not isinstance(out, bool):
             return torch.tensor(float(out), dtype=torch.float32)
-        raise TypeError(f"the closure returned {type(out).__name__}; it must return the loss as a scalar tensor or float")
+        raise TypeError(
+            f"the closure returned {type(out).__name__}; it must return the loss as a scalar tensor or float"
+        )
 
     def _probe_step(self, closure: Callable[..., Any], batch: Any) -> torch.Tensor:
         groups = self.param_groups
@@ -887,8 +918,11 @@ class GeNAdaPEFT(Optimizer):
                     torch._foreach_zero_(d)
             dirs.append(d)
         line = _Line(stepped, origin, dirs)
-        names = [n for n in self._stats if self._active(n)
-                 and any(ps for g, ps in zip(groups, stepped) if g["adapeft_name"] == n)]
+        names = [
+            n
+            for n in self._stats
+            if self._active(n) and any(ps for g, ps in zip(groups, stepped) if g["adapeft_name"] == n)
+        ]
 
         # The inner optimizer has stepped: the step counts even if a probe forward fails.
         step = self._step
@@ -897,7 +931,7 @@ class GeNAdaPEFT(Optimizer):
         buffers = _KeepBuffers()
         done = False
 
-        def losses_at(coefficients: Iterable[Sequence[float]]) -> List[torch.Tensor]:
+        def losses_at(coefficients: Iterable[Sequence[float]]) -> list[torch.Tensor]:
             out = []
             for coeffs in coefficients:
                 line.move(coeffs)
@@ -909,8 +943,10 @@ class GeNAdaPEFT(Optimizer):
             points = [[0.0] * len(groups)]
             for name in names:
                 spacing = self._stats[name]["spacing"]
-                points += [[s * spacing * lr if g["adapeft_name"] == name else 0.0 for g, lr in zip(groups, old_lrs)]
-                           for s in self.scales]
+                points += [
+                    [s * spacing * lr if g["adapeft_name"] == name else 0.0 for g, lr in zip(groups, old_lrs)]
+                    for s in self.scales
+                ]
             losses = losses_at(points)
             values = self._reduce(torch.stack([v.to(torch.float64) for v in losses]))
             update = self._fit_groups(step, names, values, losses[0].dtype)
@@ -950,19 +986,20 @@ class GeNAdaPEFT(Optimizer):
             losses = buf / dist.get_world_size()
         return losses.cpu().numpy()
 
-    def _fit_groups(self, step: int, names: List[str], values: np.ndarray, loss_dtype: torch.dtype) -> "_Update":
+    def _fit_groups(self, step: int, names: list[str], values: np.ndarray, loss_dtype: torch.dtype) -> _Update:
         """Fit every probed group and propose its new lr factor and spacing; nothing is committed."""
         L0 = float(values[0])
         rtol = self.loss_rtol if self.loss_rtol is not None else _loss_rtol(loss_dtype)
-        update = _Update(step, L0, rtol * abs(L0) if math.isfinite(L0) else 0.0,
-                         {n: s["factor"] for n, s in self._stats.items()})
+        update = _Update(
+            step, L0, rtol * abs(L0) if math.isfinite(L0) else 0.0, {n: s["factor"] for n, s in self._stats.items()}
+        )
         numel = self.numel
         k = len(self.scales)
         for i, name in enumerate(names):
             st = self._stats[name]
             spacing = st["spacing"]
             ts = [s * spacing for s in self.scales]  # in units of the group's effective lr
-            Ls = values[1 + i * k: 1 + (i + 1) * k]
+            Ls = values[1 + i * k : 1 + (i + 1) * k]
             noise = rtol * float(np.max(np.abs(np.append(Ls, L0)))) if np.all(np.isfinite(Ls)) else 0.0
             with np.errstate(invalid="ignore", over="ignore"):  # inf − inf: a NaN fit, rejected
                 fit = fit_quadratic(ts, Ls - L0, noise=noise)
@@ -979,8 +1016,9 @@ class GeNAdaPEFT(Optimizer):
                     # schedule decays the Newton lr instead of being undone by it. b/A is in units
                     # of the current effective step, i.e. of factor · schedule.
                     target = st["factor"] * schedule * fit.b / fit.A
-                    factor = min(newton_update(st["factor"], target, self.smoothing, self.max_change),
-                                 self.max_lr_factor)
+                    factor = min(
+                        newton_update(st["factor"], target, self.smoothing, self.max_change), self.max_lr_factor
+                    )
                 if fit.A > _NARROW_SNR * fit.se_A:
                     new_spacing = max(spacing / 2.0, 1.0)
             elif reason == "curvature below noise":
@@ -998,7 +1036,7 @@ class GeNAdaPEFT(Optimizer):
                 "step": step,
                 "group": name,
                 "b": fit.b / lr_ref if lr_ref else math.nan,
-                "A": fit.A / lr_ref ** 2 if lr_ref else math.nan,
+                "A": fit.A / lr_ref**2 if lr_ref else math.nan,
                 "r2": fit.r2,
                 "ppi": ppi,
                 "case": case,
@@ -1011,7 +1049,7 @@ class GeNAdaPEFT(Optimizer):
             self._guard(update, names)
         return update
 
-    def _influence(self, fit: Any, reason: Optional[str], numel: int) -> Tuple[float, Optional[str]]:
+    def _influence(self, fit: Any, reason: str | None, numel: int) -> tuple[float, str | None]:
         """PPI of one probe and its case (Note [Influence of every probe]); ``(0.0, None)`` when the
         probe cannot be valued (non-finite loss, or a line a parabola does not describe)."""
         if reason in ("non-finite loss", "R2 below r2_min"):
@@ -1022,7 +1060,7 @@ class GeNAdaPEFT(Optimizer):
         reduction, case = best_reduction(fit.b, fit.A, eta_max)
         return 2.0 * reduction / numel, case
 
-    def _guard(self, update: "_Update", names: List[str]) -> None:
+    def _guard(self, update: _Update, names: list[str]) -> None:
         """Note [Divergence guard]: shrink every probed group's lr when the probe loss jumps."""
         L0, recent = update.L0, self._recent_l0
         why = None
@@ -1032,8 +1070,10 @@ class GeNAdaPEFT(Optimizer):
             median = float(np.median(recent))
             spread = 1.4826 * float(np.median(np.abs(np.asarray(recent) - median)))  # robust sd
             if L0 > median + _GUARD_SD * spread + update.noise:
-                why = (f"the probe loss {L0:.6g} jumped above the median {median:.6g} of the last "
-                       f"{len(recent)} probes by more than {_GUARD_SD:g} robust sd ({spread:.3g})")
+                why = (
+                    f"the probe loss {L0:.6g} jumped above the median {median:.6g} of the last "
+                    f"{len(recent)} probes by more than {_GUARD_SD:g} robust sd ({spread:.3g})"
+                )
         if math.isfinite(L0):
             update.recent_l0 = (list(recent) + [L0])[-_GUARD_WINDOW:]
         if why is None or not names:
@@ -1049,7 +1089,7 @@ class GeNAdaPEFT(Optimizer):
             stacklevel=5,
         )
 
-    def _joint_scale(self, L0: float, values: np.ndarray, noise: float) -> Tuple[float, float]:
+    def _joint_scale(self, L0: float, values: np.ndarray, noise: float) -> tuple[float, float]:
         """(scale, t*) from the joint line: t* = b/A of L(w − t·Σ η_k d_k), scale = clamp(t*, 1/max_change, 1)."""
         fit = fit_quadratic(_JOINT_SCALES, values - L0, noise=noise)
         if check_fit(fit, 0.0, self.z) is not None:
@@ -1057,7 +1097,7 @@ class GeNAdaPEFT(Optimizer):
         t_star = fit.b / fit.A
         return min(max(t_star, 1.0 / self.max_change), 1.0), t_star
 
-    def _commit(self, update: "_Update") -> None:
+    def _commit(self, update: _Update) -> None:
         """Apply a probe's outcome to every group at once (stats, history)."""
         for name, record in update.records.items():
             st = self._stats[name]
@@ -1105,7 +1145,8 @@ class GeNAdaPEFT(Optimizer):
 
         if not self._any_accepted():
             raise RuntimeError(
-                "select() needs at least one valued probe (a finite, parabola-shaped line); run more steps (probes happen every "
+                "select() needs at least one valued probe (a finite, parabola-shaped line); run more steps "
+                "(probes happen every "
                 f"lazy={self.lazy} steps) or check opt.history for why probes were rejected"
             )
         return select_groups(self.appi, self.numel, budget, method=method, requires=self.requires)
@@ -1155,8 +1196,11 @@ class GeNAdaPEFT(Optimizer):
             The :class:`~adapeft_optim.selection.Selection` now trained, or ``None``.
         """
         if not self._any_accepted():
-            warnings.warn("masked switch postponed: no probe has been valued yet (see opt.history for the "
-                          "reasons)", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "masked switch postponed: no probe has been valued yet (see opt.history for the reasons)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return None
         from .selection import EmptySelectionWarning, greedy_order
 
@@ -1175,7 +1219,7 @@ class GeNAdaPEFT(Optimizer):
         self.mask(selection)
         return selection
 
-    def _apply_mask(self, names: Tuple[str, ...]) -> None:
+    def _apply_mask(self, names: tuple[str, ...]) -> None:
         self._mask = tuple(n for n in self._stats if n in names)
         for g in self.param_groups:
             if g["adapeft_name"] not in self._mask:
@@ -1195,15 +1239,14 @@ class GeNAdaPEFT(Optimizer):
             ranking = tuple(greedy_order(self.appi, self.numel))
             self._stable_count = self._stable_count + 1 if ranking == self._ranking else 0
             self._ranking = ranking
-            due = due or (self._stable_count >= self.stable_probes
-                          and all(s["valued"] for s in self._stats.values()))
+            due = due or (self._stable_count >= self.stable_probes and all(s["valued"] for s in self._stats.values()))
         if due and self.mask_at_budget(self.budget, self.select_method) is None and self._any_accepted():
             self.budget = None  # nothing fits: keep training every group, stop trying
 
     # -- checkpoints ----------------------------------------------------------------------------
     # state_dict() is torch's own: the wrapper's values are in the param groups it saves.
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict made by :meth:`state_dict` of a GeNAdaPEFT built the same way.
 
         All or nothing: the ``adapeft_*`` values are validated first (errors name the key), and
@@ -1239,8 +1282,10 @@ class GeNAdaPEFT(Optimizer):
                     "state_dict's param groups have no adapeft_name: it is not from GeNAdaPEFT.state_dict(); "
                     "load an inner optimizer's state into the inner optimizer before wrapping it"
                 )
-            raise ValueError(f"state_dict is for groups {names}, this optimizer has "
-                             f"{[g['adapeft_name'] for g in self.param_groups]}; build it with the same groups")
+            raise ValueError(
+                f"state_dict is for groups {names}, this optimizer has "
+                f"{[g['adapeft_name'] for g in self.param_groups]}; build it with the same groups"
+            )
         for i, g in enumerate(groups):
             missing = [f"adapeft_{k}" for k in (*_GROUP_START, *_SHARED_START) if f"adapeft_{k}" not in g]
             if missing:
@@ -1250,24 +1295,27 @@ class GeNAdaPEFT(Optimizer):
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
                 if not ok or value < low or (key == "factor" and value == 0.0):
                     bound = "> 0" if key == "factor" else f">= {low:g}"
-                    raise ValueError(f"state_dict['param_groups'][{i}]['adapeft_{key}'] = {value!r}: must be "
-                                     f"a finite number {bound}")
+                    raise ValueError(
+                        f"state_dict['param_groups'][{i}]['adapeft_{key}'] = {value!r}: must be a finite number {bound}"
+                    )
             step = g["adapeft_step"]
             if isinstance(step, bool) or not isinstance(step, int) or step < 0:
                 raise ValueError(f"state_dict['param_groups'][{i}]['adapeft_step'] must be an int >= 0, got {step!r}")
             mask = g["adapeft_mask"]
             if mask is not None and (isinstance(mask, str) or any(n not in names for n in mask)):
-                raise ValueError(f"state_dict['param_groups'][{i}]['adapeft_mask'] = {mask!r} names unknown "
-                                 f"groups; the groups are {list(dict.fromkeys(names))}")
+                raise ValueError(
+                    f"state_dict['param_groups'][{i}]['adapeft_mask'] = {mask!r} names unknown "
+                    f"groups; the groups are {list(dict.fromkeys(names))}"
+                )
 
-    def __getstate__(self) -> Dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:
         # torch's Optimizer.__getstate__ keeps defaults/state/param_groups only, which here are
         # views of the inner optimizer: keep everything, but not a live iterator over probe_data.
         state = self.__dict__.copy()
         state["_probe_iter"] = None
         return state
 
-    def __setstate__(self, state: Dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
     def __repr__(self) -> str:

@@ -116,9 +116,7 @@ def ema(values: Iterable[float], alpha: float = 0.9) -> np.ndarray:
     """
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(
-            f"Invalid alpha: {alpha}; it is the weight on the past and must be in [0, 1]"
-        )
+        raise ValueError(f"Invalid alpha: {alpha}; it is the weight on the past and must be in [0, 1]")
     x = _as_1d_float("values", values)
     out = np.full_like(x, np.nan)
     s = math.nan
@@ -129,9 +127,7 @@ def ema(values: Iterable[float], alpha: float = 0.9) -> np.ndarray:
     return out
 
 
-def ppi_matrix(
-    history: Any, groups: Sequence[str] | None = None
-) -> tuple[list[str], np.ndarray, np.ndarray]:
+def ppi_matrix(history: Any, groups: Sequence[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per-group PPI at every probe step, as a (groups x probe steps) array.
 
     Cell ``[i, j]`` is the ``ppi`` of the record of group ``names[i]`` at step ``steps[j]``
@@ -161,20 +157,14 @@ def ppi_matrix(
         names = list(seen)
     else:
         if isinstance(groups, str):
-            raise TypeError(
-                f"groups must be a sequence of group names, got the string {groups!r}; "
-                f"wrap it in a list"
-            )
+            raise TypeError(f"groups must be a sequence of group names, got the string {groups!r}; wrap it in a list")
         names = list(groups)
         duplicates = sorted({g for g in names if names.count(g) > 1})
         if duplicates:
             raise ValueError(f"groups repeats {duplicates}; give each group once")
         unknown = [g for g in names if g not in seen]
         if unknown:
-            raise ValueError(
-                f"groups {unknown} have no record in the history; "
-                f"groups in the history: {list(seen)}"
-            )
+            raise ValueError(f"groups {unknown} have no record in the history; groups in the history: {list(seen)}")
     row = {g: i for i, g in enumerate(names)}
     kept = [rec for rec in records if rec[1] in row]
     steps = np.array(sorted({rec[0] for rec in kept}), dtype=np.int64)
@@ -184,9 +174,7 @@ def ppi_matrix(
     for step, group, ppi, valued in kept:
         i, j = row[group], col[step]
         if filled[i, j]:
-            raise ValueError(
-                f"group {group!r} has two records at step {step}; pass the history of one run"
-            )
+            raise ValueError(f"group {group!r} has two records at step {step}; pass the history of one run")
         filled[i, j] = True
         if valued and math.isfinite(ppi):
             matrix[i, j] = ppi
@@ -315,9 +303,7 @@ def plot_ppi_heatmap(
         ImportError: matplotlib is not installed.
         ValueError: the history holds no probe record.
     """
-    fig = _heatmap_figure(
-        history, reference, k, alpha, groups, title, cmap, figsize, dpi, caption=caption
-    )
+    fig = _heatmap_figure(history, reference, k, alpha, groups, title, cmap, figsize, dpi, caption=caption)
     return _save(fig, path, dpi)
 
 
@@ -338,9 +324,7 @@ def heatmap_caption(reference: str | None, k: float | None, alpha: float) -> str
     )
 
 
-def _heatmap_figure(
-    history, reference, k, alpha, groups, title, cmap, figsize, dpi, *, caption=False
-):
+def _heatmap_figure(history, reference, k, alpha, groups, title, cmap, figsize, dpi, *, caption=False):
     Figure, mpl = _matplotlib()
     names, steps, ref_name, values = _heatmap(history, reference, k, alpha, groups)
     _require_records(steps, "PPI heatmap")
@@ -498,9 +482,7 @@ def plot_frontier(
         ValueError: there is nothing with a positive fraction to draw, or ``budget`` is not
             in (0, 1].
     """
-    fig = _frontier_figure(
-        points, recipes, ylabel, title, annotate, figsize, dpi, budget=budget, selection=selection
-    )
+    fig = _frontier_figure(points, recipes, ylabel, title, annotate, figsize, dpi, budget=budget, selection=selection)
     return _save(fig, path, dpi)
 
 
@@ -518,9 +500,7 @@ def _point_labels(pts: list[tuple[float, float, tuple[str, ...]]]) -> list[str]:
     return labels
 
 
-def _frontier_figure(
-    points, recipes, ylabel, title, annotate, figsize, dpi, *, budget=None, selection=None
-):
+def _frontier_figure(points, recipes, ylabel, title, annotate, figsize, dpi, *, budget=None, selection=None):
     Figure, mpl = _matplotlib()
     from matplotlib.lines import Line2D
 
@@ -538,13 +518,9 @@ def _frontier_figure(
     if budget is not None:
         budget = float(budget)
         if not (math.isfinite(budget) and 0.0 < budget <= 1.0):
-            raise ValueError(
-                f"Invalid budget: {budget}; use a fraction of the parameters in (0, 1]"
-            )
+            raise ValueError(f"Invalid budget: {budget}; use a fraction of the parameters in (0, 1]")
     chosen = _frontier_point(selection) if selection is not None else None
-    drawable = [p for pts in series.values() for p in pts if p[0] > 0] + [
-        p for p in recipe_points.values() if p[0] > 0
-    ]
+    drawable = [p for pts in series.values() for p in pts if p[0] > 0] + [p for p in recipe_points.values() if p[0] > 0]
     if not drawable:
         raise ValueError("plot_frontier needs at least one point or recipe with fraction > 0")
 
@@ -568,8 +544,14 @@ def _frontier_figure(
             tag = f"{prefix}{k}"
             numbers.append(
                 ax.annotate(
-                    tag, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8,
-                    color=line.get_color(), fontweight="bold", zorder=5,
+                    tag,
+                    (xi, yi),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=8,
+                    color=line.get_color(),
+                    fontweight="bold",
+                    zorder=5,
                     bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.8},
                 )
             )
@@ -580,26 +562,43 @@ def _frontier_figure(
             continue
         handles.append(
             ax.scatter(
-                [100.0 * fraction], [y], marker=_RECIPE_MARKERS[i % len(_RECIPE_MARKERS)],
-                color=colors(i % colors.N), zorder=3, label=name,
+                [100.0 * fraction],
+                [y],
+                marker=_RECIPE_MARKERS[i % len(_RECIPE_MARKERS)],
+                color=colors(i % colors.N),
+                zorder=3,
+                label=name,
             )
         )
     if chosen is not None and chosen[0] > 0:
         groups = "+".join(chosen[2])
         label = (
-            f"selection ({groups})" if chosen[2] and len(groups) <= 30
-            else f"selection ({len(chosen[2])} groups)" if chosen[2] else "selection"
+            f"selection ({groups})"
+            if chosen[2] and len(groups) <= 30
+            else f"selection ({len(chosen[2])} groups)"
+            if chosen[2]
+            else "selection"
         )
         handles.append(
             ax.scatter(
-                [100.0 * chosen[0]], [chosen[1]], marker="*", s=220, facecolor="none",
-                edgecolor="crimson", linewidth=1.5, zorder=4, label=label,
+                [100.0 * chosen[0]],
+                [chosen[1]],
+                marker="*",
+                s=220,
+                facecolor="none",
+                edgecolor="crimson",
+                linewidth=1.5,
+                zorder=4,
+                label=label,
             )
         )
     if budget is not None:
         handles.append(
             ax.axvline(
-                100.0 * budget, color="0.35", linestyle="--", linewidth=1,
+                100.0 * budget,
+                color="0.35",
+                linestyle="--",
+                linewidth=1,
                 label=f"budget {100.0 * budget:.3g}%",
             )
         )
@@ -608,8 +607,12 @@ def _frontier_figure(
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(
-        handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
-        fontsize="small", handlelength=1.5,
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+        fontsize="small",
+        handlelength=1.5,
     )
     if title:  # over the figure: the legend beside the axes leaves them too narrow for it
         fig.suptitle(title)
@@ -685,8 +688,7 @@ def _save(fig, path, dpi) -> Path:
     supported = canvas.get_supported_filetypes()
     if fmt not in supported:
         raise ValueError(
-            f"cannot write {str(path)!r}: unsupported suffix {path.suffix!r}; "
-            f"use one of {sorted(supported)}"
+            f"cannot write {str(path)!r}: unsupported suffix {path.suffix!r}; use one of {sorted(supported)}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format=fmt, dpi=dpi)
@@ -766,10 +768,7 @@ def _tick_positions(n: int, most: int = 10) -> list[int]:
 
 def _require_records(steps: np.ndarray, what: str) -> None:
     if steps.size == 0:
-        raise ValueError(
-            f"cannot draw the {what}: the history holds no probe record; "
-            f"run some probe steps first"
-        )
+        raise ValueError(f"cannot draw the {what}: the history holds no probe record; run some probe steps first")
 
 
 def _check_nonnegative(name: str, value: float) -> float:

@@ -52,7 +52,7 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import peft
@@ -99,9 +99,7 @@ _MAX_PARETO_WORK = 1 << 22
 # subsets of each linked component (2**size candidates). LoRA dependencies link pairs.
 _MAX_COMPONENT = 16
 
-_NO_ACCEPTED_PROBE = (
-    "select() needs at least one accepted probe; run more steps or lower r2_min"
-)
+_NO_ACCEPTED_PROBE = "select() needs at least one accepted probe; run more steps or lower r2_min"
 
 # peft's LoRA update is B @ A: each factor's gradient is a product with the other, so a
 # factor whose partner is all zero has an exactly zero gradient and cannot learn alone.
@@ -145,35 +143,26 @@ class EmptySelectionWarning(UserWarning):
 
 
 def _check_budget(budget: Any) -> float:
-    if isinstance(budget, bool) or not hasattr(type(budget), "__float__") or isinstance(
-        budget, (str, bytes)
-    ):
+    if isinstance(budget, bool) or not hasattr(type(budget), "__float__") or isinstance(budget, (str, bytes)):
         raise TypeError(
             f"budget must be a number in [0, 1] (a fraction of all parameters, e.g. 0.01 "
             f"for 1%), got {type(budget).__name__} {budget!r}"
         )
     value = float(budget)
     if not 0.0 <= value <= 1.0:  # NaN fails this too
-        raise ValueError(
-            f"Invalid budget: {budget!r}; it is a fraction of all parameters in [0, 1] "
-            f"(e.g. 0.01 for 1%)"
-        )
+        raise ValueError(f"Invalid budget: {budget!r}; it is a fraction of all parameters in [0, 1] (e.g. 0.01 for 1%)")
     return value
 
 
 def _check_method(method: Any, allowed: tuple[str, ...] = SELECTION_METHODS) -> str:
     if not isinstance(method, str) or method not in allowed:
-        raise ValueError(
-            f"Unknown method {method!r}; use one of {', '.join(repr(m) for m in allowed)}"
-        )
+        raise ValueError(f"Unknown method {method!r}; use one of {', '.join(repr(m) for m in allowed)}")
     return method
 
 
 def _check_name(name: Any, what: str) -> str:
     if not isinstance(name, str):
-        raise TypeError(
-            f"group names in {what} must be str, got {type(name).__name__} {name!r}"
-        )
+        raise TypeError(f"group names in {what} must be str, got {type(name).__name__} {name!r}")
     return name
 
 
@@ -184,8 +173,7 @@ def _check_numel(name: str, n: Any) -> int:
         count = operator.index(n)
     except TypeError:
         raise TypeError(
-            f"numel of group {name!r} must be an int (a parameter count), got "
-            f"{type(n).__name__} {n!r}"
+            f"numel of group {name!r} must be an int (a parameter count), got {type(n).__name__} {n!r}"
         ) from None
     if count <= 0:
         raise ValueError(
@@ -197,9 +185,7 @@ def _check_numel(name: str, n: Any) -> int:
 
 def _check_appi(name: str, a: Any) -> float:
     if isinstance(a, (bool, str, bytes)) or not hasattr(type(a), "__float__"):
-        raise TypeError(
-            f"APPI of group {name!r} must be a real number, got {type(a).__name__} {a!r}"
-        )
+        raise TypeError(f"APPI of group {name!r} must be a real number, got {type(a).__name__} {a!r}")
     value = float(a)
     if math.isnan(value):
         raise ValueError(
@@ -211,10 +197,7 @@ def _check_appi(name: str, a: Any) -> float:
 
 def _check_mapping(arg: Any, label: str) -> None:
     if not isinstance(arg, Mapping):
-        raise TypeError(
-            f"{label} must be a mapping group name -> number (e.g. opt.{label}), got "
-            f"{type(arg).__name__}"
-        )
+        raise TypeError(f"{label} must be a mapping group name -> number (e.g. opt.{label}), got {type(arg).__name__}")
 
 
 def _check_table(appi: Any, numel: Any) -> tuple[dict[str, float], dict[str, int]]:
@@ -230,8 +213,7 @@ def _check_table(appi: Any, numel: Any) -> tuple[dict[str, float], dict[str, int
         only_appi = [k for k in names if k not in numel]
         only_numel = [k for k in numel if k not in appi]
         raise ValueError(
-            f"appi and numel must have the same group names; only in appi: {only_appi}, "
-            f"only in numel: {only_numel}"
+            f"appi and numel must have the same group names; only in appi: {only_appi}, only in numel: {only_numel}"
         )
     clean_numel = {k: _check_numel(k, numel[k]) for k in names}
     clean_appi = {k: _check_appi(k, appi[k]) for k in names}
@@ -284,10 +266,7 @@ def _plain_json(value: Any, where: str) -> Any:
             raise ValueError(f"lora setting {where} is {value!r}; settings must be finite")
         return float(value)
     if isinstance(value, Mapping):
-        return {
-            _check_name(k, f"lora setting {where}"): _plain_json(v, f"{where}[{k!r}]")
-            for k, v in value.items()
-        }
+        return {_check_name(k, f"lora setting {where}"): _plain_json(v, f"{where}[{k!r}]") for k, v in value.items()}
     if isinstance(value, (set, frozenset)):
         return sorted(_plain_json(v, where) for v in value)
     if isinstance(value, (list, tuple)):
@@ -355,9 +334,7 @@ def greedy_order(appi: Mapping[str, float], numel: Mapping[str, int]) -> list[st
     return _greedy_names(clean_appi, clean_numel)
 
 
-def _exact_value(
-    appi: Mapping[str, float], numel: Mapping[str, int], groups: Iterable[str]
-) -> float:
+def _exact_value(appi: Mapping[str, float], numel: Mapping[str, int], groups: Iterable[str]) -> float:
     terms = [(appi[g], numel[g]) for g in groups]
     if all(math.isfinite(a) for a, _ in terms):
         return float(sum((Fraction(a) * n for a, n in terms), Fraction(0)))
@@ -409,9 +386,7 @@ class _Knapsack(NamedTuple):
     total: int
 
 
-def _knapsack(
-    appi: dict[str, float], numel: dict[str, int], requires: dict[str, tuple[str, ...]]
-) -> _Knapsack:
+def _knapsack(appi: dict[str, float], numel: dict[str, int], requires: dict[str, tuple[str, ...]]) -> _Knapsack:
     order = _greedy_names(appi, numel)
     rank = {g: i for i, g in enumerate(order)}
     starts: list[str] = []
@@ -434,7 +409,13 @@ def _knapsack(
     scale = max((den for _, den in ratios.values()), default=1)
     value = {g: num * (scale // den) * numel[g] for g, (num, den) in ratios.items()}
     return _Knapsack(
-        names, starts, closures, requires, {g: numel[g] for g in names}, value, scale,
+        names,
+        starts,
+        closures,
+        requires,
+        {g: numel[g] for g in names},
+        value,
+        scale,
         sum(numel.values()),
     )
 
@@ -476,11 +457,13 @@ def _options(ks: _Knapsack, component: list[str]) -> list[tuple[int, int, int]]:
     for sub in range(1, 1 << len(component)):
         chosen = {g for i, g in enumerate(component) if sub >> i & 1}
         if all(n in chosen for g in chosen for n in ks.requires.get(g, ())):
-            options.append((
-                sum(ks.weight[g] for g in chosen),
-                sum(ks.value[g] for g in chosen),
-                sum(1 << (K - 1 - index[g]) for g in chosen),
-            ))
+            options.append(
+                (
+                    sum(ks.weight[g] for g in chosen),
+                    sum(ks.value[g] for g in chosen),
+                    sum(1 << (K - 1 - index[g]) for g in chosen),
+                )
+            )
     return options
 
 
@@ -505,11 +488,7 @@ def _pareto_sets(ks: _Knapsack, capacity: int | None) -> list[tuple[int, int, in
         merged = list(front)
         for weight, value, mask in _options(ks, component):
             # Sets that cannot take this option within the capacity are the heaviest ones.
-            stop = (
-                len(front)
-                if capacity is None
-                else bisect.bisect_right(front, (capacity - weight, math.inf))
-            )
+            stop = len(front) if capacity is None else bisect.bisect_right(front, (capacity - weight, math.inf))
             merged += [(w + weight, nv - value, nm - mask) for w, nv, nm in front[:stop]]
         work += len(merged)
         if work > _MAX_PARETO_WORK:
@@ -532,9 +511,7 @@ def _mask_names(names: list[str], neg_mask: int) -> tuple[str, ...]:
     return tuple(names[k] for k in range(K) if mask >> (K - 1 - k) & 1)
 
 
-def _walk(
-    ks: _Knapsack, capacity: int | None, stop_at_first: bool
-) -> list[tuple[tuple[str, ...], int, int]]:
+def _walk(ks: _Knapsack, capacity: int | None, stop_at_first: bool) -> list[tuple[tuple[str, ...], int, int]]:
     """The greedy walk: items ``(groups, weight, value)`` in the order they are taken.
 
     Each group, by APPI, is taken together with the groups it requires and has not taken
@@ -575,12 +552,7 @@ def _smallest_weight(ks: _Knapsack, method: str) -> int | None:
         # A subset of positive value has a part of positive value in some linked
         # component, and that part holds what it requires: the lightest such part is the
         # lightest useful subset.
-        weights = [
-            w
-            for component in _components(ks)
-            for w, v, _ in _options(ks, component)
-            if v > 0
-        ]
+        weights = [w for component in _components(ks) for w, v, _ in _options(ks, component) if v > 0]
         return min(weights, default=None)
     first_items = []
     for g in ks.starts:
@@ -616,10 +588,7 @@ def _empty_note(selection: Selection) -> str:
         f"raise the budget to at least that"
     )
     if selection.unprobed:
-        note += (
-            f"; groups with APPI 0 (no accepted probe) were not considered: "
-            f"{list(selection.unprobed)}"
-        )
+        note += f"; groups with APPI 0 (no accepted probe) were not considered: {list(selection.unprobed)}"
     return note
 
 
@@ -668,15 +637,12 @@ class Selection:
         appi, numel = _check_table(self.appi, self.numel)
         if isinstance(self.groups, (str, bytes)) or not isinstance(self.groups, Iterable):
             raise TypeError(
-                f"groups must be a sequence of group names, got {type(self.groups).__name__} "
-                f"{self.groups!r}"
+                f"groups must be a sequence of group names, got {type(self.groups).__name__} {self.groups!r}"
             )
         groups = tuple(_check_name(g, "groups") for g in self.groups)
         unknown = [g for g in groups if g not in numel]
         if unknown:
-            raise ValueError(
-                f"selected group(s) {unknown} are not among the candidate groups {list(numel)}"
-            )
+            raise ValueError(f"selected group(s) {unknown} are not among the candidate groups {list(numel)}")
         if len(set(groups)) != len(groups):
             raise ValueError(f"groups lists a group more than once: {list(groups)}")
         method = _check_method(self.method, _SELECTION_KINDS)
@@ -698,8 +664,7 @@ class Selection:
         object.__setattr__(self, "lora", _check_lora(self.lora))
         if self.fraction > budget:
             raise ValueError(
-                f"the selected groups hold {self.fraction:.6g} of all parameters, more than "
-                f"the budget {budget!r}"
+                f"the selected groups hold {self.fraction:.6g} of all parameters, more than the budget {budget!r}"
             )
 
     # Frozen with dict fields: equality is by value, hashing is not supported.
@@ -738,8 +703,13 @@ class Selection:
         total = sum(clean_numel.values())
         selected = sum(clean_numel[g] for g in groups if g in clean_numel)
         return cls(
-            groups, dict(numel), dict(appi), "manual", selected / total,
-            requires=requires if requires is not None else {}, lora=lora,
+            groups,
+            dict(numel),
+            dict(appi),
+            "manual",
+            selected / total,
+            requires=requires if requires is not None else {},
+            lora=lora,
         )
 
     @property
@@ -783,10 +753,7 @@ class Selection:
             )
         for g in self.groups:
             if g in self.requires:
-                notes.append(
-                    f"{g!r} is selected together with {list(self.requires[g])}: it cannot "
-                    f"learn without them"
-                )
+                notes.append(f"{g!r} is selected together with {list(self.requires[g])}: it cannot learn without them")
         if not self.groups and self.method != "manual":
             if any(_eligible(a) for a in self.appi.values()):
                 notes.append(_empty_note(self))
@@ -841,12 +808,9 @@ class Selection:
         peft_type = peft_type.value if isinstance(peft_type, enum.Enum) else peft_type
         if peft_type not in (None, "LORA"):
             raise ValueError(
-                f"with_lora records LoRA settings, got a {peft_type} config; to_peft_config "
-                f"builds a LoraConfig only"
+                f"with_lora records LoRA settings, got a {peft_type} config; to_peft_config builds a LoraConfig only"
             )
-        return dataclasses.replace(
-            self, lora={k: settings[k] for k in _LORA_FIELDS if k in settings}
-        )
+        return dataclasses.replace(self, lora={k: settings[k] for k in _LORA_FIELDS if k in settings})
 
     def to_peft_config(
         self,
@@ -895,9 +859,7 @@ class Selection:
         try:
             import peft
         except ImportError:  # pragma: no cover - peft is a dependency of the LoRA groups
-            raise ImportError(
-                "to_peft_config needs peft: pip install peft"
-            ) from None
+            raise ImportError("to_peft_config needs peft: pip install peft") from None
         from .grouping import base_name
 
         roles = {base_name(g) for g in self.groups}
@@ -924,9 +886,7 @@ class Selection:
         lora_selected = [g for g in self.groups if base_name(g) in _LORA_PARTNER]
         if lora_selected and all(base_name(g) != g for g in lora_selected):
             blocks = {g.partition("@")[2] for g in lora_selected}
-            candidates = {
-                g.partition("@")[2] for g in self.numel if base_name(g) in _LORA_PARTNER
-            }
+            candidates = {g.partition("@")[2] for g in self.numel if base_name(g) in _LORA_PARTNER}
             if blocks < candidates and all(b.isdigit() for b in blocks):
                 settings["layers_to_transform"] = sorted(int(b) for b in blocks)
         bias_groups = [g for g in self.numel if base_name(g) == "bias"]
@@ -1013,13 +973,10 @@ class Selection:
             raise ValueError(f"Selection.from_json: not valid JSON ({err})") from None
         if not isinstance(data, dict):
             raise ValueError(
-                f"Selection.from_json: expected a JSON object with keys {list(_JSON_KEYS)}, "
-                f"got {type(data).__name__}"
+                f"Selection.from_json: expected a JSON object with keys {list(_JSON_KEYS)}, got {type(data).__name__}"
             )
         if data.get("format", _JSON_FORMAT) != _JSON_FORMAT:
-            raise ValueError(
-                f"Selection.from_json: format is {data['format']!r}, not {_JSON_FORMAT!r}"
-            )
+            raise ValueError(f"Selection.from_json: format is {data['format']!r}, not {_JSON_FORMAT!r}")
         if data.get("version", _JSON_VERSION) != _JSON_VERSION:
             raise ValueError(
                 f"Selection.from_json: version {data['version']!r} is not supported (this "
@@ -1029,17 +986,11 @@ class Selection:
         if missing:
             raise ValueError(f"Selection JSON is missing key(s) {missing}")
         if not isinstance(data["groups"], list):
-            raise ValueError(
-                f"invalid Selection JSON: 'groups' must be a list of names, got "
-                f"{data['groups']!r}"
-            )
+            raise ValueError(f"invalid Selection JSON: 'groups' must be a list of names, got {data['groups']!r}")
         requires = data.get("requires") or {}
-        if not isinstance(requires, dict) or not all(
-            isinstance(v, list) for v in requires.values()
-        ):
+        if not isinstance(requires, dict) or not all(isinstance(v, list) for v in requires.values()):
             raise ValueError(
-                f"invalid Selection JSON: 'requires' must map group names to lists of "
-                f"names, got {requires!r}"
+                f"invalid Selection JSON: 'requires' must map group names to lists of names, got {requires!r}"
             )
         try:
             return cls(
@@ -1122,22 +1073,19 @@ def group_dependencies(
     for name, params in groups.items():
         _check_name(name, "groups")
         if isinstance(params, torch.Tensor) or not isinstance(params, Iterable):
-            raise TypeError(
-                f"groups[{name!r}] must be a list of tensors, got {type(params).__name__}"
-            )
+            raise TypeError(f"groups[{name!r}] must be a list of tensors, got {type(params).__name__}")
         tensors[name] = list(params)
         for p in tensors[name]:
             if not isinstance(p, torch.Tensor):
                 raise TypeError(
-                    f"groups[{name!r}] holds a {type(p).__name__}, not a tensor; pass "
-                    f"group_parameters(model)"
+                    f"groups[{name!r}] holds a {type(p).__name__}, not a tensor; pass group_parameters(model)"
                 )
     requires = {}
     for name in tensors:
         role = base_name(name)
         if role not in _LORA_PARTNER:
             continue
-        partner = _LORA_PARTNER[role] + name[len(role):]
+        partner = _LORA_PARTNER[role] + name[len(role) :]
         partner_tensors = tensors.get(partner)
         if partner_tensors and not any(bool(t.detach().any()) for t in partner_tensors):
             requires[name] = (partner,)
@@ -1157,10 +1105,7 @@ def _select(
 ) -> Selection:
     """:func:`select_groups` on validated arguments."""
     if not any(_eligible(a) for a in appi.values()):
-        raise ValueError(
-            f"all APPI values are zero (or not positive) for groups {list(appi)}: "
-            f"{_NO_ACCEPTED_PROBE}"
-        )
+        raise ValueError(f"all APPI values are zero (or not positive) for groups {list(appi)}: {_NO_ACCEPTED_PROBE}")
     ks = _knapsack(appi, numel, requires)
     groups = _solve(ks, _capacity(budget, ks.total), method)
     if not groups and _smallest_weight(ks, method) is None:
@@ -1284,8 +1229,7 @@ def pareto_frontier(
             points.append(FrontierPoint(weight / ks.total, value / ks.scale, groups))
         return points
     return [
-        FrontierPoint(w / ks.total, -nv / ks.scale, _mask_names(ks.names, nm))
-        for w, nv, nm in _pareto_sets(ks, None)
+        FrontierPoint(w / ks.total, -nv / ks.scale, _mask_names(ks.names, nm)) for w, nv, nm in _pareto_sets(ks, None)
     ]
 
 
@@ -1302,20 +1246,16 @@ def _target_table(
 
     if isinstance(target, nn.Module):
         if granularity is None:
-            granularity = (
-                "block" if any(base_name(n) != n for n in source_names) else "type"
-            )
+            granularity = "block" if any(base_name(n) != n for n in source_names) else "type"
         groups = group_parameters(target, granularity=granularity, include_frozen=True)
     elif isinstance(target, Mapping):
         if granularity is not None:
             raise ValueError(
-                "granularity= groups a model; the target is already a table (pass the model "
-                "itself to group it)"
+                "granularity= groups a model; the target is already a table (pass the model itself to group it)"
             )
         if len(target) == 0:
             raise ValueError("the target table is empty: there are no groups to select from")
-        counts = [not isinstance(v, bool) and hasattr(type(v), "__index__")
-                  for v in target.values()]
+        counts = [not isinstance(v, bool) and hasattr(type(v), "__index__") for v in target.values()]
         if all(counts):
             return dict(target), None
         if any(counts):
@@ -1456,9 +1396,7 @@ def transfer_selection(
         src_numel = dict(source_appi.numel) if source_numel is None else source_numel
     else:
         _check_mapping(source_appi, "appi")
-        src_appi = {
-            _check_name(k, "source_appi"): _check_appi(k, a) for k, a in source_appi.items()
-        }
+        src_appi = {_check_name(k, "source_appi"): _check_appi(k, a) for k, a in source_appi.items()}
         src_numel = source_numel
     if src_numel is not None:
         src_appi, src_numel = _check_table(src_appi, src_numel)
@@ -1477,9 +1415,7 @@ def transfer_selection(
     return _select(clean_appi, clean_numel, budget, method, clean_requires, stacklevel=2)
 
 
-def _saved_module_names(
-    model: nn.Module, selection: Selection, saved: list[str]
-) -> list[str]:
+def _saved_module_names(model: nn.Module, selection: Selection, saved: list[str]) -> list[str]:
     """peft ``modules_to_save`` names (dotted paths in the base model) of ``saved`` groups."""
     from torch import nn
 
@@ -1505,13 +1441,11 @@ def _saved_module_names(
             segments = names[id(p)].split(".")[:-1]
             # A copy inside peft's ModulesToSaveWrapper is saved under the wrapper's name.
             for i, segment in enumerate(segments):
-                if segment == "modules_to_save" and _is_modules_to_save_wrapper(
-                    modules[".".join(segments[:i])]
-                ):
+                if segment == "modules_to_save" and _is_modules_to_save_wrapper(modules[".".join(segments[:i])]):
                     segments = segments[:i]
                     break
             if tuple(segments[: len(core)]) == core:
-                segments = segments[len(core):]
+                segments = segments[len(core) :]
             if not segments:
                 raise ValueError(
                     f"parameter {names[id(p)]!r} of group {g!r} belongs to the model itself, "
@@ -1522,15 +1456,12 @@ def _saved_module_names(
             if path not in paths:
                 paths.append(path)
     # A module inside another saved module is saved with it.
-    return [
-        p for p in paths
-        if not any(p.startswith(q + ".") for q in paths if q != p)
-    ]
+    return [p for p in paths if not any(p.startswith(q + ".") for q in paths if q != p)]
 
 
 # -- models --------------------------------------------------------------------------------------
 
-SelectionLike = Union[Selection, Iterable[str]]
+SelectionLike = Selection | Iterable[str]
 
 
 def _selection_names(selection: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -1539,8 +1470,7 @@ def _selection_names(selection: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return selection.groups, tuple(selection.numel)
     if isinstance(selection, (str, bytes)) or not isinstance(selection, Iterable):
         raise TypeError(
-            f"selection must be a Selection or a list of group names, got "
-            f"{type(selection).__name__} {selection!r}"
+            f"selection must be a Selection or a list of group names, got {type(selection).__name__} {selection!r}"
         )
     names = tuple(_check_name(n, "selection") for n in selection)
     return names, names
@@ -1569,15 +1499,9 @@ def _model_groups(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if groups is not None:
         if granularity is not None:
-            raise ValueError(
-                "pass either granularity= (to group the model) or groups= (your own "
-                "grouping), not both"
-            )
+            raise ValueError("pass either granularity= (to group the model) or groups= (your own grouping), not both")
         if not isinstance(groups, Mapping):
-            raise TypeError(
-                f"groups must be a mapping group name -> parameters, got "
-                f"{type(groups).__name__}"
-            )
+            raise TypeError(f"groups must be a mapping group name -> parameters, got {type(groups).__name__}")
         return {_check_name(k, "groups"): list(v) for k, v in groups.items()}
     from .grouping import base_name, group_parameters
 
@@ -1603,8 +1527,7 @@ def _resolve(
 
         have = ", ".join(model_groups) or "no groups"
         reasons = "; ".join(
-            f"selected group {g!r} is not in this model (it has: {have}); "
-            f"{_missing_hint(g, base_name(g))}"
+            f"selected group {g!r} is not in this model (it has: {have}); {_missing_hint(g, base_name(g))}"
             for g in missing
         )
         raise ValueError(reasons)
@@ -1694,11 +1617,7 @@ def save_selected(
             f"{type(selection).__name__}; build one with Selection.from_groups(names, numel)"
         )
     chosen, names = _resolve(model, selection, granularity, groups)
-    tensors = {
-        names[id(p)]: p.detach().to("cpu").contiguous()
-        for params in chosen.values()
-        for p in params
-    }
+    tensors = {names[id(p)]: p.detach().to("cpu").contiguous() for params in chosen.values() for p in params}
     save_file(tensors, os.fspath(path), metadata={_METADATA_KEY: selection.to_json()})
 
 

@@ -68,7 +68,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TextIO, Union
+from typing import Any, TextIO
 
 import torch
 from torch import nn
@@ -246,15 +246,13 @@ def parse_size(spec: str | tuple[int, int, int]) -> tuple[int, int, int]:
         layers, _, width = str(spec).partition("x")
         if not (layers.isdigit() and width.isdigit()):
             raise ValueError(
-                f"Invalid model size {spec!r}; use one of {', '.join(SIZES)} or 'LxD' "
-                f"(layers x width, e.g. '3x96')"
+                f"Invalid model size {spec!r}; use one of {', '.join(SIZES)} or 'LxD' (layers x width, e.g. '3x96')"
             )
         sizes = (int(layers), int(width), max(1, int(width) // 32))
     n_layer, n_embd, n_head = sizes
     if n_layer < 1 or n_embd < 1 or n_head < 1 or n_embd % n_head:
         raise ValueError(
-            f"Invalid model size {spec!r}: need layers >= 1 and a width divisible by the "
-            f"number of heads ({n_head})"
+            f"Invalid model size {spec!r}: need layers >= 1 and a width divisible by the number of heads ({n_head})"
         )
     return n_layer, n_embd, n_head
 
@@ -313,9 +311,7 @@ def add_lora(model: nn.Module, *, seed: int = 0, rank: int = LORA_RANK, train_al
     )
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         # peft calls a transformers property that transformers 5 deprecates; not ours to fix.
-        warnings.filterwarnings(
-            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
-        )
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, config)
     if train_all:
@@ -354,7 +350,7 @@ def _cache_file(size: tuple[int, int, int], steps: int, task: SyntheticTask) -> 
 
 # What the ``progress`` argument of train/probe/pretrain takes: a description for a tqdm bar, a
 # factory ``total -> bar`` (e.g. ``functools.partial(LineProgress, desc=...)``), or None.
-Progress = Union[str, Callable[[int], Any], None]
+Progress = str | Callable[[int], Any] | None
 
 
 def _progress(total: int, desc: Progress):
@@ -380,9 +376,7 @@ class LineProgress:
         every (float): fraction of the steps between lines (default: 0.1)
     """
 
-    def __init__(
-        self, total: int, desc: str, stream: TextIO | None = None, every: float = 0.1
-    ) -> None:
+    def __init__(self, total: int, desc: str, stream: TextIO | None = None, every: float = 0.1) -> None:
         self.total, self.desc, self.stream = total, desc, stream
         self.every = max(1, math.ceil(every * total))
         self.n = 0
@@ -418,9 +412,7 @@ class _NoBar:
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, task: SyntheticTask = FINETUNE_TASK, batch: Mapping | None = None
-) -> dict:
+def evaluate(model: nn.Module, task: SyntheticTask = FINETUNE_TASK, batch: Mapping | None = None) -> dict:
     """Answer-token cross-entropy and accuracy of ``model`` on ``task``'s evaluation set.
 
     Returns:
@@ -610,9 +602,7 @@ def pretrain(
     """A GPT-2 of ``size`` trained from scratch on ``task`` (no caching; see
     :func:`pretrained_model`)."""
     model = build_model(size, seed=seed)
-    train(
-        model, task, steps, lr=PRETRAIN_LR, batch_size=PRETRAIN_BATCH, seed=seed, progress=progress
-    )
+    train(model, task, steps, lr=PRETRAIN_LR, batch_size=PRETRAIN_BATCH, seed=seed, progress=progress)
     model.eval()
     return model
 

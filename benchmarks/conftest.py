@@ -23,8 +23,9 @@ def gpt2_with_lora(n_layer=4, n_embd=128, seq=64, batch=8, seed=0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=4, vocab_size=256, n_positions=seq,
-                     tie_word_embeddings=False)
+    cfg = GPT2Config(
+        n_layer=n_layer, n_embd=n_embd, n_head=4, vocab_size=256, n_positions=seq, tie_word_embeddings=False
+    )
     model = get_peft_model(GPT2LMHeadModel(cfg), LoraConfig(r=8, target_modules=["c_attn"], fan_in_fan_out=True))
     for p in model.parameters():
         p.requires_grad_(True)

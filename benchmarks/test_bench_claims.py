@@ -143,9 +143,7 @@ def _eval_batch():
 
 
 def _pretrained_loss(size: str) -> float:
-    return _once(
-        ("pre", size), lambda: T.evaluate(_base(size), T.FINETUNE_TASK, _eval_batch())["loss"]
-    )
+    return _once(("pre", size), lambda: T.evaluate(_base(size), T.FINETUNE_TASK, _eval_batch())["loss"])
 
 
 def _probe(size: str, steps: int) -> dict:
@@ -179,20 +177,14 @@ def _train(size: str, groups) -> dict:
 
     def compute():
         model = T.add_lora(copy.deepcopy(_base(size)), seed=SEED, train_all=False)
-        result = T.train(
-            model, T.FINETUNE_TASK, STEPS, groups=groups, seed=SEED, eval_batch=_eval_batch()
-        )
+        result = T.train(model, T.FINETUNE_TASK, STEPS, groups=groups, seed=SEED, eval_batch=_eval_batch())
         return {k: result[k] for k in ("loss", "accuracy", "trainable", "total", "fraction", "lr")}
 
     return _once(("train", size, groups), compute)
 
 
 def _all_subsets() -> list[tuple[str, ...]]:
-    return [
-        _canonical(c)
-        for r in range(1, len(T.ALL_GROUPS) + 1)
-        for c in itertools.combinations(T.ALL_GROUPS, r)
-    ]
+    return [_canonical(c) for r in range(1, len(T.ALL_GROUPS) + 1) for c in itertools.combinations(T.ALL_GROUPS, r)]
 
 
 def _greedy_prefixes(probe: dict) -> list[tuple[str, ...]]:
@@ -213,15 +205,11 @@ def test_theoretical_frontier(benchmark):
     def compute():
         probe = _probe(SMALL, WARMUP)
         appi, numel = probe["appi"], probe["numel"]
-        subsets = [
-            (sum(numel[g] for g in s), _value(appi, numel, s), s) for s in [()] + _all_subsets()
-        ]
+        subsets = [(sum(numel[g] for g in s), _value(appi, numel, s), s) for s in [()] + _all_subsets()]
         # The exact frontier by brute force: no other subset with <= params and >= value
         # (one of them strict).
         frontier = {
-            s
-            for n, v, s in subsets
-            if not any((m <= n and w >= v) and (m < n or w > v) for m, w, _ in subsets)
+            s for n, v, s in subsets if not any((m <= n and w >= v) and (m < n or w > v) for m, w, _ in subsets)
         }
         library = {frozenset(p.groups) for p in pareto_frontier(appi, numel, method="exact")}
         assert {frozenset(s) for s in frontier} <= library | {frozenset()}
@@ -298,10 +286,7 @@ def test_actual_frontier(benchmark):
                     "within_goal": gap <= GOAL_GAP * best["loss"],
                 }
             )
-        subsets = [
-            {"groups": list(s), **r}
-            for s, r in sorted(runs.items(), key=lambda sr: sr[1]["trainable"])
-        ]
+        subsets = [{"groups": list(s), **r} for s, r in sorted(runs.items(), key=lambda sr: sr[1]["trainable"])]
         return {"pretrained_loss": pre, "runs": len(runs), "prefixes": rows, "subsets": subsets}
 
     figures = benchmark.pedantic(compute, rounds=1, iterations=1)
@@ -342,9 +327,7 @@ def test_recipes_vs_frontier(benchmark):
         for name, groups in T.RECIPES.items():
             r = runs[_canonical(groups)]
             beaten = [
-                "+".join(p)
-                for p, mine in prefixes
-                if r["trainable"] <= mine["trainable"] and r["loss"] < mine["loss"]
+                "+".join(p) for p, mine in prefixes if r["trainable"] <= mine["trainable"] and r["loss"] < mine["loss"]
             ]
             recipes[name] = {"groups": list(groups), **r, "dominates": beaten}
             dominations += [f"{name} > {p}" for p in beaten]
@@ -353,17 +336,13 @@ def test_recipes_vs_frontier(benchmark):
         ada = _train(LARGE, selection.groups)
         large = {name: _train(LARGE, groups) for name, groups in T.RECIPES.items()}
         large_dominating = [
-            name
-            for name, r in large.items()
-            if r["trainable"] <= ada["trainable"] and r["loss"] < ada["loss"]
+            name for name, r in large.items() if r["trainable"] <= ada["trainable"] and r["loss"] < ada["loss"]
         ]
         return {
             "small": {"recipes": recipes, "dominations": dominations},
             "large_demo": {
                 "adapeft": {"groups": list(selection.groups), **ada},
-                "recipes": {
-                    name: {"groups": list(T.RECIPES[name]), **r} for name, r in large.items()
-                },
+                "recipes": {name: {"groups": list(T.RECIPES[name]), **r} for name, r in large.items()},
                 "dominating": large_dominating,
             },
         }

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import fresh, interleaved, train_step
 
 from adapeft_optim import GeNAdaPEFT, group_parameters
-
-from conftest import fresh, interleaved, train_step
 
 SELECTED = ("lora_A", "lora_B", "norm", "head")
 
@@ -42,8 +41,12 @@ def test_masked_handfrozen_adamw_baseline(benchmark, lora_gpt2):
 def test_masked_genadapeft(benchmark, lora_gpt2):
     model, batch = lora_gpt2
     model = fresh(model)
-    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-4), closure=lambda: model(**batch).loss,
-                     groups=group_parameters(model), lazy=10**9)
+    opt = GeNAdaPEFT(
+        torch.optim.AdamW(model.parameters(), lr=1e-4),
+        closure=lambda: model(**batch).loss,
+        groups=group_parameters(model),
+        lazy=10**9,
+    )
     for _ in range(2):
         train_step(model, batch, opt)
     before = state_bytes(opt)
@@ -51,10 +54,16 @@ def test_masked_genadapeft(benchmark, lora_gpt2):
     train_step(model, batch, opt)
     frozen_model, frozen_opt = hand_frozen(fresh(lora_gpt2[0]))
     t_frozen, t_masked = interleaved(
-        [lambda: train_step(frozen_model, batch, frozen_opt), lambda: train_step(model, batch, opt)], 60)
+        [lambda: train_step(frozen_model, batch, frozen_opt), lambda: train_step(model, batch, opt)], 60
+    )
     benchmark.pedantic(train_step, args=(model, batch, opt), rounds=40, warmup_rounds=3)
-    benchmark.extra_info.update({"state_bytes_before_mask": before, "state_bytes": state_bytes(opt),
-                                 "interleaved_ratio": round(t_masked / t_frozen, 3)})
+    benchmark.extra_info.update(
+        {
+            "state_bytes_before_mask": before,
+            "state_bytes": state_bytes(opt),
+            "interleaved_ratio": round(t_masked / t_frozen, 3),
+        }
+    )
 
 
 @pytest.mark.benchmark(group="masked")

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import fresh, interleaved, train_step
 
 from adapeft_optim import GeNAdaPEFT, group_parameters
-
-from conftest import fresh, interleaved, train_step
 
 STENCILS = {"4point": (-2, -1, 1, 2), "3point": (-1, 1)}
 
@@ -47,7 +46,9 @@ def test_step_genadapeft_nonprobe(benchmark, lora_gpt2):
     model = fresh(model)
     opt = wrapped(model, batch, lazy=10**9)
     train_step(model, batch, opt)  # step 0 probes; every later step is a plain one
-    t_base, t_opt = interleaved([lambda: train_step(base_model, batch, base), lambda: train_step(model, batch, opt)], 60)
+    t_base, t_opt = interleaved(
+        [lambda: train_step(base_model, batch, base), lambda: train_step(model, batch, opt)], 60
+    )
     benchmark.pedantic(train_step, args=(model, batch, opt), rounds=30, warmup_rounds=3)
     benchmark.extra_info["interleaved_ratio"] = round(t_opt / t_base, 3)
 
@@ -67,16 +68,19 @@ def test_probe_cost(benchmark, lora_gpt2, stencil):
             base_model(**batch)
 
     t_probe, t_plain, t_fwd = interleaved(
-        [lambda: train_step(model, batch, opt), lambda: train_step(base_model, batch, base), forward], 8)
+        [lambda: train_step(model, batch, opt), lambda: train_step(base_model, batch, base), forward], 8
+    )
     benchmark.pedantic(train_step, args=(model, batch, opt), rounds=3)
     extra = t_probe - t_plain
-    benchmark.extra_info.update({
-        "forwards_run": forwards,
-        "extra_in_forwards": round(extra / t_fwd, 2),
-        "extra_over_forwards": round(extra / (t_fwd * forwards), 3),
-        "plain_step_ms": round(t_plain * 1e3, 2),
-        "forward_ms": round(t_fwd * 1e3, 2),
-    })
+    benchmark.extra_info.update(
+        {
+            "forwards_run": forwards,
+            "extra_in_forwards": round(extra / t_fwd, 2),
+            "extra_over_forwards": round(extra / (t_fwd * forwards), 3),
+            "plain_step_ms": round(t_plain * 1e3, 2),
+            "forward_ms": round(t_fwd * 1e3, 2),
+        }
+    )
 
 
 @pytest.mark.parametrize("stencil", list(STENCILS))

@@ -52,8 +52,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=VOCAB, n_positions=SEQ,
-                                     bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=2, vocab_size=VOCAB, n_positions=SEQ, bos_token_id=0, eos_token_id=0
+    )
     model = transformers.GPT2LMHeadModel(config)
     groups = group_parameters(model)
     for row in describe_groups(groups):
@@ -65,25 +66,37 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         training_args = transformers.TrainingArguments(
-            output_dir=args.output_dir or tmp, max_steps=args.steps, per_device_train_batch_size=8,
-            gradient_accumulation_steps=2, learning_rate=1e-3, lr_scheduler_type="cosine",
-            logging_steps=max(1, args.steps // 8), save_strategy="no", report_to=[], use_cpu=True,
+            output_dir=args.output_dir or tmp,
+            max_steps=args.steps,
+            per_device_train_batch_size=8,
+            gradient_accumulation_steps=2,
+            learning_rate=1e-3,
+            lr_scheduler_type="cosine",
+            logging_steps=max(1, args.steps // 8),
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
             disable_tqdm=True,
         )
-        trainer = transformers.Trainer(model=model, args=training_args, train_dataset=Progressions(4096),
-                                       optimizers=(opt, None))
+        trainer = transformers.Trainer(
+            model=model, args=training_args, train_dataset=Progressions(4096), optimizers=(opt, None)
+        )
         callback.attach(trainer)  # first in line, so report_to integrations get the adapeft/* values
         trainer.train()
 
     accepted = sum(r["accepted"] for r in opt.history)
-    print(f"\n{accepted}/{len(opt.history)} probes accepted; masked mode from step {callback.masked_at}: "
-          f"training {list(opt.masked or ())}")
+    print(
+        f"\n{accepted}/{len(opt.history)} probes accepted; masked mode from step {callback.masked_at}: "
+        f"training {list(opt.masked or ())}"
+    )
     print(f"{'group':8s} {'APPI':>10s} {'lr now':>10s}")
     for name in opt.names:
         print(f"{name:8s} {opt.appi[name]:10.3g} {opt.lrs[name]:10.3g}")
     last = [e for e in trainer.state.log_history if "loss" in e][-1]
-    print(f"\nlast log (step {last['step']}): loss {last['loss']:.3f}, "
-          + ", ".join(f"{k}={v:.3g}" for k, v in last.items() if k.startswith("adapeft/appi/")))
+    print(
+        f"\nlast log (step {last['step']}): loss {last['loss']:.3f}, "
+        + ", ".join(f"{k}={v:.3g}" for k, v in last.items() if k.startswith("adapeft/appi/"))
+    )
 
 
 if __name__ == "__main__":

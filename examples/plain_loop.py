@@ -27,12 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")
     parser.add_argument("--lazy", type=int, default=8, help="probe every LAZY steps (default: 8)")
-    parser.add_argument(
-        "--budget", type=float, default=0.1, help="parameter budget to select at (default: 0.1)"
-    )
-    parser.add_argument(
-        "--log-every", type=int, default=40, help="print lrs every N steps (default: 40)"
-    )
+    parser.add_argument("--budget", type=float, default=0.1, help="parameter budget to select at (default: 0.1)")
+    parser.add_argument("--log-every", type=int, default=40, help="print lrs every N steps (default: 40)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -67,14 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'group':8s} {'params':>8s} {'share':>7s} {'APPI':>10s} {'lr':>9s}")
     numel_share = {row.name: row.fraction for row in describe_groups(group_parameters(model))}
     for name, appi in sorted(opt.appi.items(), key=lambda kv: -kv[1]):
-        print(
-            f"{name:8s} {opt.numel[name]:8d} {numel_share[name]:7.2%} {appi:10.4g} "
-            f"{opt.lrs[name]:9.2e}"
-        )
+        print(f"{name:8s} {opt.numel[name]:8d} {numel_share[name]:7.2%} {appi:10.4g} {opt.lrs[name]:9.2e}")
     accepted = sum(r["accepted"] for r in opt.history)
-    print(
-        f"\n{accepted}/{len(opt.history)} probes accepted; eval: {synthetic.evaluate(model, data)}"
-    )
+    print(f"\n{accepted}/{len(opt.history)} probes accepted; eval: {synthetic.evaluate(model, data)}")
     if accepted:
         print(f"select(budget={args.budget}): {opt.select(args.budget)}")
 

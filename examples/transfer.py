@@ -29,19 +29,11 @@ from adapeft_optim import task as synthetic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--steps", type=int, default=200, help="training steps T on the large model (default: 200)"
-    )
-    parser.add_argument(
-        "--budget", type=float, default=0.1, help="fraction of parameters to train (default: 0.1)"
-    )
+    parser.add_argument("--steps", type=int, default=200, help="training steps T on the large model (default: 200)")
+    parser.add_argument("--budget", type=float, default=0.1, help="fraction of parameters to train (default: 0.1)")
     parser.add_argument("--small", default="small", help="probed model size (default: small, 2x64)")
-    parser.add_argument(
-        "--large", default="large", help="target model size (default: large, 4x128)"
-    )
-    parser.add_argument(
-        "--lazy", type=int, default=2, help="probe every LAZY warm-up steps (default: 2)"
-    )
+    parser.add_argument("--large", default="large", help="target model size (default: large, 4x128)")
+    parser.add_argument("--lazy", type=int, default=2, help="probe every LAZY warm-up steps (default: 2)")
     parser.add_argument("--pretrain-steps", type=int, default=synthetic.PRETRAIN_STEPS)
     parser.add_argument(
         "--out",
@@ -55,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     data = synthetic.FINETUNE_TASK
 
     # 1. Warm-up with probes on the small model (Algorithm 2, lines 1-2).
-    small = synthetic.add_lora(
-        synthetic.pretrained_model(args.small, steps=args.pretrain_steps), seed=args.seed
-    )
+    small = synthetic.add_lora(synthetic.pretrained_model(args.small, steps=args.pretrain_steps), seed=args.seed)
     probe_generator = torch.Generator().manual_seed(args.seed + 1)
     opt = GeNAdaPEFT(
         torch.optim.AdamW(small.parameters(), lr=synthetic.PROBE_LR, weight_decay=0.0),
@@ -97,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         f"parameters ({trainable / total:.2%})"
     )
     lr = synthetic.recipe_lr(selection.groups)
-    adamw = torch.optim.AdamW(
-        [p for p in large.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
-    )
+    adamw = torch.optim.AdamW([p for p in large.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
     large.train()
     for _ in range(args.steps):

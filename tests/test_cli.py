@@ -16,8 +16,7 @@ import pytest
 import torch
 
 import adapeft_optim
-from adapeft_optim import Selection
-from adapeft_optim import cli
+from adapeft_optim import Selection, cli
 from adapeft_optim import task as T
 from adapeft_optim.cli import main
 
@@ -145,8 +144,7 @@ def test_demo_results_json(demo_run):
     assert results["config"]["threads"] == 1  # the demo's default, part of what fixes the numbers
     counts = expected_probe_counts(results["history"])
     assert {
-        row["group"]: (row["probes"], row["valued"], row["accepted"])
-        for row in results["warmup"]["per_group"]
+        row["group"]: (row["probes"], row["valued"], row["accepted"]) for row in results["warmup"]["per_group"]
     } == counts
     assert results["warmup"]["valued"] == sum(c[1] for c in counts.values())
     # The frontier starts empty and grows by one group per point, in APPI order.
@@ -198,9 +196,7 @@ def test_demo_without_a_terminal_prints_progress_lines_and_the_probe_summary(tmp
     results = json.loads((tmp_path / "results.json").read_text())
     counts = expected_probe_counts(results["history"])
     rows = table_rows(out, "group   valued")
-    assert {r[0]: (r[1], r[2]) for r in rows} == {
-        g: (f"{v}/{n}", f"{a}/{n}") for g, (n, v, a) in counts.items()
-    }
+    assert {r[0]: (r[1], r[2]) for r in rows} == {g: (f"{v}/{n}", f"{a}/{n}") for g, (n, v, a) in counts.items()}
     # the warning names exactly the groups under 3 valued probes
     few = sorted(g for g, (_, v, _) in counts.items() if v < 3)
     warned = [line for line in captured.err.splitlines() if "valued probes" in line]
@@ -334,12 +330,8 @@ def make_tokenizer():
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(
-        TEXTS, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[EOS]"])
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
-    )
+    tok.train_from_iterator(TEXTS, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[EOS]"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
 
 
 def save_tiny_model(folder, tokenizer=True):
@@ -462,9 +454,7 @@ def test_select_reports_device_threads_probes_and_progress(tiny_model, lm_data, 
     assert results["run"]["threads"] == 1 and results["run"]["device"] == "cpu"
     counts = expected_probe_counts(results["history"])
     rows = table_rows(printed, "group   valued")
-    assert {r[0]: (r[1], r[2]) for r in rows} == {
-        g: (f"{v}/{n}", f"{a}/{n}") for g, (n, v, a) in counts.items()
-    }
+    assert {r[0]: (r[1], r[2]) for r in rows} == {g: (f"{v}/{n}", f"{a}/{n}") for g, (n, v, a) in counts.items()}
     for row in results["probes"]:
         assert (row["probes"], row["valued"], row["accepted"]) == counts[row["group"]]
         rejected = [r for r in results["history"] if r["group"] == row["group"] and not r["accepted"]]
@@ -475,8 +465,26 @@ def test_select_reports_device_threads_probes_and_progress(tiny_model, lm_data, 
 def test_select_with_one_probe_warns_that_ranks_are_unreliable(tiny_model, lm_data, tmp_path, capsys):
     # 2 steps, a probe every 4: one probe per group, too few to rank groups by
     args = ("--steps", "2", "--lazy", "4", "--no-plots")
-    assert main(["select", "--model", str(tiny_model), "--data", str(lm_data), "--budget", "0.5",
-                 "--out", str(tmp_path / "out"), "--threads", "1", "--quiet", *args]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--model",
+                str(tiny_model),
+                "--data",
+                str(lm_data),
+                "--budget",
+                "0.5",
+                "--out",
+                str(tmp_path / "out"),
+                "--threads",
+                "1",
+                "--quiet",
+                *args,
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "selection at budget 0.5" in captured.out
     (warning,) = [line for line in captured.err.splitlines() if "warning" in line]
@@ -559,8 +567,13 @@ def test_lora_selection_rebuilds_as_the_readme_says(tiny_model, lm_data, tmp_pat
     scope |= {
         "Trainer": Trainer,
         "args": TrainingArguments(
-            output_dir=str(tmp_path / "trainer"), max_steps=2, per_device_train_batch_size=2,
-            report_to=[], use_cpu=True, save_strategy="no", logging_steps=1,
+            output_dir=str(tmp_path / "trainer"),
+            max_steps=2,
+            per_device_train_batch_size=2,
+            report_to=[],
+            use_cpu=True,
+            save_strategy="no",
+            logging_steps=1,
         ),
         "ds": [{"input_ids": row, "labels": row} for row in ids],
     }
@@ -622,10 +635,7 @@ def test_select_json_without_text_field(tiny_model, tmp_path, capsys):
     data = tmp_path / "notext.jsonl"
     data.write_text('{"sentence": "good movie"}\n')
     assert select(tiny_model, data, tmp_path / "out") == 2
-    assert (
-        "no 'text' field (fields: 'sentence')" in (err := one_line_error(capsys))
-        and "--text-column" in err
-    )
+    assert "no 'text' field (fields: 'sentence')" in (err := one_line_error(capsys)) and "--text-column" in err
 
 
 def test_select_csv_without_the_column(tiny_model, tmp_path, capsys):
@@ -680,8 +690,16 @@ def test_select_causal_lm_without_its_head(lm_data, tmp_path, capsys):
 
     folder = tmp_path / "headless"
     tok = make_tokenizer()
-    config = GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=32, n_layer=1, n_head=2,
-                        tie_word_embeddings=False, bos_token_id=2, eos_token_id=2)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=32,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        tie_word_embeddings=False,
+        bos_token_id=2,
+        eos_token_id=2,
+    )
     GPT2Model(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     capsys.readouterr()
@@ -703,9 +721,7 @@ def test_select_cuda_that_is_not_there(tiny_model, lm_data, tmp_path, capsys):
     assert "use --device cpu (or auto)" in err
 
 
-@pytest.mark.parametrize(
-    "content", ["", "\n\n", "text,label\n"], ids=["empty", "blank", "header-only"]
-)
+@pytest.mark.parametrize("content", ["", "\n\n", "text,label\n"], ids=["empty", "blank", "header-only"])
 def test_select_empty_data(tiny_model, tmp_path, capsys, content):
     data = tmp_path / ("empty.csv" if "label" in content else "empty.jsonl")
     data.write_text(content)

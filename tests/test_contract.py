@@ -74,8 +74,13 @@ def test_param_names_follow_their_parameters_into_the_split_groups():
 def _trained(steps=5):
     model, groups = model_and_groups()
     batches = [data(seed) for seed in range(steps + 3)]
-    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-2), closure=lambda b: loss_of(model, b),
-                     probe_data=batches[steps:], groups=groups, lazy=2)
+    opt = GeNAdaPEFT(
+        torch.optim.AdamW(model.parameters(), lr=1e-2),
+        closure=lambda b: loss_of(model, b),
+        probe_data=batches[steps:],
+        groups=groups,
+        lazy=2,
+    )
     for batch in batches[:steps]:
         opt.zero_grad()
         loss_of(model, batch).backward()
@@ -114,7 +119,11 @@ def _corrupt(sd, path, value):
 @pytest.mark.parametrize(
     "path, value, match",
     [
-        (("param_groups", 0, "adapeft_factor"), math.nan, r"\[0\]\['adapeft_factor'\] = nan: must be a finite number > 0"),
+        (
+            ("param_groups", 0, "adapeft_factor"),
+            math.nan,
+            r"\[0\]\['adapeft_factor'\] = nan: must be a finite number > 0",
+        ),
         (("param_groups", 1, "adapeft_factor"), -1.0, r"\[1\]\['adapeft_factor'\] = -1.0"),
         (("param_groups", 0, "adapeft_factor"), "2", r"\['adapeft_factor'\] = '2'"),
         (("param_groups", 0, "adapeft_appi"), math.inf, r"\['adapeft_appi'\] = inf"),
@@ -154,7 +163,9 @@ def test_keyboard_interrupt_in_a_probe_applies_no_part_of_its_fit():
     twin_model = copy.deepcopy(model)
     twin = torch.optim.AdamW([{"params": list(twin_model[i].parameters())} for i in (0, 2)], lr=1.0)
     inner = copy.deepcopy(opt.optimizer.state_dict())  # its tensors are the live moments
-    twin.load_state_dict({**inner, "param_groups": [{**g, "lr": opt.lrs[g["adapeft_name"]]} for g in inner["param_groups"]]})
+    twin.load_state_dict(
+        {**inner, "param_groups": [{**g, "lr": opt.lrs[g["adapeft_name"]]} for g in inner["param_groups"]]}
+    )
     calls = []
 
     def closure(batch):
@@ -184,11 +195,13 @@ def test_distributed_checkpoint_state_dict_round_trips_and_a_fresh_optimizer_is_
 
     fresh_model, _ = model_and_groups(seed=9)
     calls = []
-    fresh = GeNAdaPEFT(torch.optim.AdamW(fresh_model.parameters(), lr=1e-2),
-                       closure=lambda b: calls.append(1) or loss_of(fresh_model, b),
-                       probe_data=[data(s) for s in range(5, 8)],
-                       groups={"first": list(fresh_model[0].parameters()), "last": list(fresh_model[2].parameters())},
-                       lazy=2)
+    fresh = GeNAdaPEFT(
+        torch.optim.AdamW(fresh_model.parameters(), lr=1e-2),
+        closure=lambda b: calls.append(1) or loss_of(fresh_model, b),
+        probe_data=[data(s) for s in range(5, 8)],
+        groups={"first": list(fresh_model[0].parameters()), "last": list(fresh_model[2].parameters())},
+        lazy=2,
+    )
     start = [p.detach().clone() for p in fresh_model.parameters()]
     get_optimizer_state_dict(fresh_model, fresh)  # initialises the inner state with an lr-0 step
     assert not calls and fresh._step == 0 and not fresh.history
@@ -211,8 +224,14 @@ def test_checkpoint_size_does_not_grow_with_steps_and_history_is_bounded():
 
     model, groups = model_and_groups()
     batches = [data(seed) for seed in range(4)]
-    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=1e-3), closure=lambda b: loss_of(model, b),
-                     probe_data=batches, groups=groups, lazy=1, history_size=50)
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=1e-3),
+        closure=lambda b: loss_of(model, b),
+        probe_data=batches,
+        groups=groups,
+        lazy=1,
+        history_size=50,
+    )
     sizes = []
     for step in range(120):
         opt.zero_grad()
@@ -256,9 +275,14 @@ def test_probe_forwards_leave_every_buffer_as_the_training_forward_left_it():
     model = Normed().train()
     twin = copy.deepcopy(model)
     params = lambda m: [p for p in m.parameters()]  # noqa: E731
-    opt = GeNAdaPEFT(torch.optim.SGD(params(model), lr=0.05), closure=lambda b: loss_of(model, b),
-                     probe_data=[data(s) for s in range(10, 13)], groups={"all": params(model)}, lazy=1,
-                     adapt_lr=False)  # influence only: the trajectory is the bare SGD's, bit for bit
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(params(model), lr=0.05),
+        closure=lambda b: loss_of(model, b),
+        probe_data=[data(s) for s in range(10, 13)],
+        groups={"all": params(model)},
+        lazy=1,
+        adapt_lr=False,
+    )  # influence only: the trajectory is the bare SGD's, bit for bit
     bare = torch.optim.SGD(params(twin), lr=0.05)
     for seed in range(4):
         for m, o in ((model, opt), (twin, bare)):
@@ -304,16 +328,21 @@ def test_step_hooks_fire_once_per_step():
             opt.zero_grad()
             loss_of(model, data(seed)).backward()
             opt.step()
-            assert sorted(calls) == [("global post", "GeNAdaPEFT"), ("global pre", "GeNAdaPEFT"),
-                                     ("inner post", "AdamW"), ("wrapper pre", "GeNAdaPEFT")]
+            assert sorted(calls) == [
+                ("global post", "GeNAdaPEFT"),
+                ("global pre", "GeNAdaPEFT"),
+                ("inner post", "AdamW"),
+                ("wrapper pre", "GeNAdaPEFT"),
+            ]
     finally:
         for h in handles:
             h.remove()
     assert opt._step == 3 and len({r["step"] for r in opt.history}) == 2
 
 
-@pytest.mark.parametrize("inner_kwargs", [{"foreach": False}, {"foreach": True}, {"fused": True}],
-                         ids=["for-loop", "foreach", "fused"])
+@pytest.mark.parametrize(
+    "inner_kwargs", [{"foreach": False}, {"foreach": True}, {"fused": True}], ids=["for-loop", "foreach", "fused"]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_weights_only_checkpoint_resumes_bit_identically_for_every_adamw_implementation(inner_kwargs, dtype):
     import io
@@ -321,10 +350,13 @@ def test_weights_only_checkpoint_resumes_bit_identically_for_every_adamw_impleme
     def build(seed):
         model, _ = model_and_groups(seed)
         model = model.to(dtype)
-        opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, **inner_kwargs),
-                         closure=lambda b: loss_of(model, (b[0].to(dtype), b[1].to(dtype))),
-                         probe_data=[data(s) for s in range(50, 53)],
-                         groups={"first": list(model[0].parameters()), "last": list(model[2].parameters())}, lazy=2)
+        opt = GeNAdaPEFT(
+            torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, **inner_kwargs),
+            closure=lambda b: loss_of(model, (b[0].to(dtype), b[1].to(dtype))),
+            probe_data=[data(s) for s in range(50, 53)],
+            groups={"first": list(model[0].parameters()), "last": list(model[2].parameters())},
+            lazy=2,
+        )
         return model, opt
 
     def train(model, opt, seeds):
@@ -352,8 +384,13 @@ def test_weights_only_checkpoint_resumes_bit_identically_for_every_adamw_impleme
 
 def test_a_step_without_gradients_is_the_inner_optimizers_no_op():
     model, groups = model_and_groups()
-    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-2), closure=lambda b: loss_of(model, b),
-                     probe_data=[data(0)], groups=groups, lazy=1)
+    opt = GeNAdaPEFT(
+        torch.optim.AdamW(model.parameters(), lr=1e-2),
+        closure=lambda b: loss_of(model, b),
+        probe_data=[data(0)],
+        groups=groups,
+        lazy=1,
+    )
     before = [p.detach().clone() for p in model.parameters()]
     opt.step()  # no backward: AdamW skips parameters without .grad, and so does the probe
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))

@@ -31,8 +31,9 @@ def test_probe_on_cuda_replays_and_restores_the_cuda_rng(autocast):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             return model(x, labels=x).loss
 
-    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-3), closure=closure,
-                     groups=group_parameters(model), lazy=1)
+    opt = GeNAdaPEFT(
+        torch.optim.AdamW(model.parameters(), lr=1e-3), closure=closure, groups=group_parameters(model), lazy=1
+    )
     for _ in range(4):
         closure().backward()
         before = torch.cuda.get_rng_state()

@@ -63,12 +63,20 @@ def _run_unmasked_then_masked(rank: int, freeze: bool) -> dict:
     ddp = DDP(model)
     # Each rank probes batches of its own (never its gradient's); the losses are all-reduced.
     probe = torch.Generator().manual_seed(200 + rank)
-    probe_batches = [{"input_ids": ids, "labels": ids} for ids in
-                     (torch.randint(0, VOCAB, (4, SEQ), generator=probe) for _ in range(4))]
+    probe_batches = [
+        {"input_ids": ids, "labels": ids}
+        for ids in (torch.randint(0, VOCAB, (4, SEQ), generator=probe) for _ in range(4))
+    ]
     forwards = []
     ddp.module.register_forward_pre_hook(lambda m, a: forwards.append(torch.is_grad_enabled()))
-    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-3), closure=BatchLoss(ddp),
-                     probe_data=probe_batches, groups=group_parameters(model), lazy=LAZY, freeze=freeze)
+    opt = GeNAdaPEFT(
+        torch.optim.AdamW(model.parameters(), lr=1e-3),
+        closure=BatchLoss(ddp),
+        probe_data=probe_batches,
+        groups=group_parameters(model),
+        lazy=LAZY,
+        freeze=freeze,
+    )
     data = torch.Generator().manual_seed(100 + rank)  # each rank sees different batches
     losses = _train(ddp, opt, data, STEPS)
     before = _snapshot(model, opt)

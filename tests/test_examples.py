@@ -31,12 +31,7 @@ def run_example(name: str, argv: list[str], monkeypatch) -> int:
 
 
 def test_plain_loop(monkeypatch, capsys):
-    assert (
-        run_example(
-            "plain_loop.py", ["--steps", "6", "--lazy", "2", "--log-every", "2"], monkeypatch
-        )
-        == 0
-    )
+    assert run_example("plain_loop.py", ["--steps", "6", "--lazy", "2", "--log-every", "2"], monkeypatch) == 0
     out = capsys.readouterr().out
     assert out.count("step ") == 4  # steps 0, 2, 4 and the last one
     table = out.split("APPI", 1)[1]
@@ -82,8 +77,11 @@ def test_hf_trainer(monkeypatch, capsys):
     assert 0 < accepted <= total
     # masked halfway through (step 4 of 8), training groups that fit 12% of the parameters: the
     # printed sizes give the check, and norm (first by APPI, 0.6% of the parameters) is among them
-    sizes = {line.split()[0]: float(line.split()[-1].rstrip("%")) / 100 for line in out.splitlines()
-             if line.endswith("%") and " params " in line}
+    sizes = {
+        line.split()[0]: float(line.split()[-1].rstrip("%")) / 100
+        for line in out.splitlines()
+        if line.endswith("%") and " params " in line
+    }
     chosen = out.split("masked mode from step 4: training ")[1].splitlines()[0]
     names = [n.strip(" '[]") for n in chosen.split(",")]
     assert "norm" in names and sum(sizes[n] for n in names) <= 0.12
@@ -97,8 +95,9 @@ def test_readme_first_code_block_runs_as_written_on_a_tiny_gpt2(budget):
     readme = (EXAMPLES.parent / "README.md").read_text()
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]
     code = code.replace("budget=0.01", f"budget={budget}")
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=32,
-                                     bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(config)
     g = torch.Generator().manual_seed(0)

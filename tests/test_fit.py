@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from adapeft_optim.fit import (
-    best_reduction,
     QuadraticFit,
+    best_reduction,
     check_fit,
     fit_quadratic,
     newton_update,
@@ -237,13 +237,13 @@ def test_ppi_does_not_depend_on_the_units_of_the_probe_points():
 @pytest.mark.parametrize(
     "b, A, case",
     [
-        (2.0, 1.0, "interior"),        # convex, optimum b/A = 2 inside η ≤ 3
-        (2.0, 0.25, "trust region"),   # convex, optimum 8 beyond the region
-        (2.0, 0.0, "trust region"),    # flat: linear line, best at the edge
-        (2.0, -3.0, "trust region"),   # concave: best at the edge
-        (-1.0, 2.0, "no descent"),     # uphill: no positive step helps
+        (2.0, 1.0, "interior"),  # convex, optimum b/A = 2 inside η ≤ 3
+        (2.0, 0.25, "trust region"),  # convex, optimum 8 beyond the region
+        (2.0, 0.0, "trust region"),  # flat: linear line, best at the edge
+        (2.0, -3.0, "trust region"),  # concave: best at the edge
+        (-1.0, 2.0, "no descent"),  # uphill: no positive step helps
         (-1.0, -2.0, "trust region"),  # uphill at first, concave enough to gain at the edge
-        (-1.0, -0.5, "no descent"),    # uphill, not concave enough
+        (-1.0, -0.5, "no descent"),  # uphill, not concave enough
     ],
 )
 def test_best_reduction_is_the_exact_best_step_within_the_trust_region(b, A, case):

@@ -41,8 +41,13 @@ BERT_KW = dict(
 
 def gpt2():
     config = transformers.GPT2Config(
-        n_layer=N_LAYER, n_embd=N_EMBD, n_head=2, vocab_size=VOCAB, n_positions=N_POS,
-        bos_token_id=0, eos_token_id=0,
+        n_layer=N_LAYER,
+        n_embd=N_EMBD,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=N_POS,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     return transformers.GPT2LMHeadModel(config)
 
@@ -67,15 +72,25 @@ def with_lora(model, modules_to_save=None):
 
 def llama():
     config = transformers.LlamaConfig(
-        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
     )
     return transformers.LlamaForCausalLM(config)
 
 
 def t5():
     config = transformers.T5Config(
-        vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+        vocab_size=100,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=1,
+        num_heads=2,
         decoder_start_token_id=0,
     )
     return transformers.T5ForConditionalGeneration(config)
@@ -150,7 +165,8 @@ def check_partition(model, groups, include_frozen=False):
     frozen ``original_module`` behind a ``modules_to_save`` copy is in no group."""
     order = {id(p): i for i, (_, p) in enumerate(model.named_parameters())}
     wanted = {
-        id(p) for n, p in model.named_parameters()
+        id(p)
+        for n, p in model.named_parameters()
         if (include_frozen or p.requires_grad) and "original_module" not in n.split(".")
     }
     grouped = [id(p) for params in groups.values() for p in params]
@@ -216,12 +232,8 @@ def test_gpt2_lora_default_only_adapters():
     groups = group_parameters(model)
     assert list(groups) == ["lora_A", "lora_B"]
     p = "base_model.model.transformer.h."
-    assert names_in(model, groups["lora_A"]) == [
-        f"{p}{i}.attn.c_attn.lora_A.default.weight" for i in range(N_LAYER)
-    ]
-    assert names_in(model, groups["lora_B"]) == [
-        f"{p}{i}.attn.c_attn.lora_B.default.weight" for i in range(N_LAYER)
-    ]
+    assert names_in(model, groups["lora_A"]) == [f"{p}{i}.attn.c_attn.lora_A.default.weight" for i in range(N_LAYER)]
+    assert names_in(model, groups["lora_B"]) == [f"{p}{i}.attn.c_attn.lora_B.default.weight" for i in range(N_LAYER)]
     check_partition(model, groups)
 
 
@@ -245,12 +257,16 @@ def test_gpt2_lora_include_frozen_full_partition():
 def test_gpt2_lora_embedding_variants():
     model = gpt2_lora(target_modules=("wte", "c_attn"))
     groups = group_parameters(model)
-    check_expected(model, groups, {
-        "base_model.model.transformer.wte.lora_embedding_A.default": "lora_A",
-        "base_model.model.transformer.wte.lora_embedding_B.default": "lora_B",
-        "base_model.model.transformer.h.0.attn.c_attn.lora_A.default.weight": "lora_A",
-        "base_model.model.transformer.h.1.attn.c_attn.lora_B.default.weight": "lora_B",
-    })
+    check_expected(
+        model,
+        groups,
+        {
+            "base_model.model.transformer.wte.lora_embedding_A.default": "lora_A",
+            "base_model.model.transformer.wte.lora_embedding_B.default": "lora_B",
+            "base_model.model.transformer.h.0.attn.c_attn.lora_A.default.weight": "lora_A",
+            "base_model.model.transformer.h.1.attn.c_attn.lora_B.default.weight": "lora_B",
+        },
+    )
     check_partition(model, groups)
     frozen = group_parameters(model, include_frozen=True)
     check_expected(model, frozen, {"base_model.model.transformer.wte.base_layer.weight": "embed"})
@@ -305,19 +321,27 @@ def test_sequence_classification_lora(build, backbone):
     groups = group_parameters(model)
     assert list(groups) == ["lora_A", "lora_B"]
     layer = f"base_model.model.{backbone}.encoder.layer.1.attention.self."
-    check_expected(model, groups, {
-        layer + "query.lora_A.default.weight": "lora_A",
-        layer + "value.lora_B.default.weight": "lora_B",
-    })
+    check_expected(
+        model,
+        groups,
+        {
+            layer + "query.lora_A.default.weight": "lora_A",
+            layer + "value.lora_B.default.weight": "lora_B",
+        },
+    )
     check_partition(model, groups)
 
     frozen = group_parameters(model, include_frozen=True)
-    check_expected(model, frozen, {
-        layer + "query.base_layer.weight": "others",
-        layer + "query.base_layer.bias": "bias",
-        layer + "key.bias": "bias",
-        f"base_model.model.{backbone}.embeddings.LayerNorm.weight": "norm",
-    })
+    check_expected(
+        model,
+        frozen,
+        {
+            layer + "query.base_layer.weight": "others",
+            layer + "query.base_layer.bias": "bias",
+            layer + "key.bias": "bias",
+            f"base_model.model.{backbone}.embeddings.LayerNorm.weight": "norm",
+        },
+    )
     check_partition(model, frozen, include_frozen=True)
 
 
@@ -332,11 +356,15 @@ def test_bert_lora_modules_to_save_head():
     check_partition(model, groups)
 
     frozen = group_parameters(model, include_frozen=True)
-    check_expected(model, frozen, {
-        "base_model.model.classifier.original_module.weight": None,  # in no group
-        "base_model.model.classifier.original_module.bias": None,
-        "base_model.model.bert.pooler.dense.bias": "bias",
-    })
+    check_expected(
+        model,
+        frozen,
+        {
+            "base_model.model.classifier.original_module.weight": None,  # in no group
+            "base_model.model.classifier.original_module.bias": None,
+            "base_model.model.bert.pooler.dense.bias": "bias",
+        },
+    )
     assert names_in(model, frozen["head"]) == names_in(model, groups["head"])
     check_partition(model, frozen, include_frozen=True)
 
@@ -344,13 +372,16 @@ def test_bert_lora_modules_to_save_head():
 def minilm_seq_cls():
     # MiniLM's width (384) and a 12-class head, one small layer: the issue's setup.
     config = transformers.BertConfig(
-        vocab_size=50, hidden_size=384, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=16, num_labels=12,
+        vocab_size=50,
+        hidden_size=384,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=12,
     )
     model = transformers.BertForSequenceClassification(config)
-    return get_peft_model(
-        model, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"])
-    )
+    return get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
 
 
 def test_seq_cls_head_is_counted_once():
@@ -374,9 +405,15 @@ def test_seq_cls_head_is_counted_once():
 def test_modules_to_save_original_tied_elsewhere_stays_grouped():
     # A tensor of the original that another module also owns (a tied head) keeps that
     # module's group: only tensors reachable solely through original_module are dropped.
-    model = get_peft_model(gpt2(), LoraConfig(
-        r=4, target_modules=["c_attn"], fan_in_fan_out=True, modules_to_save=["lm_head"],
-    ))
+    model = get_peft_model(
+        gpt2(),
+        LoraConfig(
+            r=4,
+            target_modules=["c_attn"],
+            fan_in_fan_out=True,
+            modules_to_save=["lm_head"],
+        ),
+    )
     groups = group_parameters(model, include_frozen=True)
     wte = model.base_model.model.transformer.wte.weight
     assert sum(p is wte for p in groups["embed"]) == 1
@@ -389,7 +426,10 @@ def test_roberta_lora_modules_to_save_head():
     groups = group_parameters(model)
     copy = "base_model.model.classifier.modules_to_save.default."
     assert names_in(model, groups["head"]) == [
-        copy + "dense.weight", copy + "dense.bias", copy + "out_proj.weight", copy + "out_proj.bias"
+        copy + "dense.weight",
+        copy + "dense.bias",
+        copy + "out_proj.weight",
+        copy + "out_proj.bias",
     ]
     assert all(p.requires_grad for p in groups["head"])
     check_partition(model, groups)
@@ -398,17 +438,21 @@ def test_roberta_lora_modules_to_save_head():
 def test_bert_pretraining_cls_head():
     model = transformers.BertForPreTraining(transformers.BertConfig(**BERT_KW))
     groups = group_parameters(model)
-    check_expected(model, groups, {
-        # decoder.weight is tied to the word embeddings and listed once, there.
-        "bert.embeddings.word_embeddings.weight": "embed",
-        "cls.predictions.bias": "head",
-        "cls.predictions.transform.dense.weight": "head",
-        "cls.predictions.transform.dense.bias": "head",
-        "cls.predictions.transform.LayerNorm.weight": "norm",
-        "cls.predictions.transform.LayerNorm.bias": "norm",
-        "cls.seq_relationship.weight": "head",
-        "cls.seq_relationship.bias": "head",
-    })
+    check_expected(
+        model,
+        groups,
+        {
+            # decoder.weight is tied to the word embeddings and listed once, there.
+            "bert.embeddings.word_embeddings.weight": "embed",
+            "cls.predictions.bias": "head",
+            "cls.predictions.transform.dense.weight": "head",
+            "cls.predictions.transform.dense.bias": "head",
+            "cls.predictions.transform.LayerNorm.weight": "norm",
+            "cls.predictions.transform.LayerNorm.bias": "norm",
+            "cls.seq_relationship.weight": "head",
+            "cls.seq_relationship.bias": "head",
+        },
+    )
     check_partition(model, groups)
 
 
@@ -420,15 +464,19 @@ def test_llama_rmsnorm():
     model = llama()
     groups = group_parameters(model)
     assert list(groups) == ["head", "norm", "embed", "others"]  # no biases in Llama
-    check_expected(model, groups, {
-        "model.embed_tokens.weight": "embed",
-        "model.layers.0.input_layernorm.weight": "norm",
-        "model.layers.1.post_attention_layernorm.weight": "norm",
-        "model.norm.weight": "norm",
-        "model.layers.0.self_attn.q_proj.weight": "others",
-        "model.layers.1.mlp.down_proj.weight": "others",
-        "lm_head.weight": "head",
-    })
+    check_expected(
+        model,
+        groups,
+        {
+            "model.embed_tokens.weight": "embed",
+            "model.layers.0.input_layernorm.weight": "norm",
+            "model.layers.1.post_attention_layernorm.weight": "norm",
+            "model.norm.weight": "norm",
+            "model.layers.0.self_attn.q_proj.weight": "others",
+            "model.layers.1.mlp.down_proj.weight": "others",
+            "lm_head.weight": "head",
+        },
+    )
     check_partition(model, groups)
 
 
@@ -436,14 +484,18 @@ def test_t5_layer_norm_and_tied_head():
     model = t5()
     groups = group_parameters(model)
     assert list(groups) == ["norm", "embed", "others"]
-    check_expected(model, groups, {
-        "shared.weight": "embed",
-        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": "embed",
-        "encoder.block.0.layer.0.layer_norm.weight": "norm",
-        "decoder.block.0.layer.2.layer_norm.weight": "norm",
-        "encoder.final_layer_norm.weight": "norm",
-        "decoder.block.0.layer.1.EncDecAttention.q.weight": "others",
-    })
+    check_expected(
+        model,
+        groups,
+        {
+            "shared.weight": "embed",
+            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": "embed",
+            "encoder.block.0.layer.0.layer_norm.weight": "norm",
+            "decoder.block.0.layer.2.layer_norm.weight": "norm",
+            "encoder.final_layer_norm.weight": "norm",
+            "decoder.block.0.layer.1.EncDecAttention.q.weight": "others",
+        },
+    )
     check_partition(model, groups)
 
 
@@ -494,23 +546,27 @@ def test_tied_head_registered_first_and_norm_inside_head():
     model = HeadFirst()
     assert next(model.named_parameters())[0] == "lm_head.weight"
     groups = group_parameters(model)
-    check_expected(model, groups, {
-        "lm_head.weight": "embed",
-        "classifier.0.weight": "head",
-        "classifier.0.bias": "head",
-        "classifier.1.weight": "norm",
-        "classifier.1.bias": "norm",
-        "classifier.2.bias": "head",
-    })
+    check_expected(
+        model,
+        groups,
+        {
+            "lm_head.weight": "embed",
+            "classifier.0.weight": "head",
+            "classifier.0.bias": "head",
+            "classifier.1.weight": "norm",
+            "classifier.1.bias": "norm",
+            "classifier.2.bias": "head",
+        },
+    )
     check_partition(model, groups)
 
 
 def test_head_from_get_output_embeddings():
     model = WithOutputEmbeddings()
     groups = group_parameters(model)
-    check_expected(model, groups, {
-        "proj.weight": "head", "proj.bias": "head", "body.weight": "others", "body.bias": "bias"
-    })
+    check_expected(
+        model, groups, {"proj.weight": "head", "proj.bias": "head", "body.weight": "others", "body.bias": "bias"}
+    )
 
 
 @pytest.mark.parametrize("wrap", [torch.compile, nn.DataParallel], ids=["compile", "dp"])
@@ -520,7 +576,10 @@ def test_wrapped_module_head(wrap):
     groups = group_parameters(model)
     head = inner.classifier
     assert [id(p) for p in groups["head"]] == [
-        id(head[0].weight), id(head[0].bias), id(head[2].weight), id(head[2].bias)
+        id(head[0].weight),
+        id(head[0].bias),
+        id(head[2].weight),
+        id(head[2].bias),
     ]
     check_partition(model, groups)
 
@@ -534,9 +593,7 @@ def test_frozen_left_out():
     assert names_in(model, groups["norm"]) == ["bn.weight", "bn.bias", "rms.weight"]
     check_partition(model, groups)
     with_frozen = group_parameters(model, include_frozen=True)
-    assert names_in(model, with_frozen["norm"]) == [
-        "ln.weight", "ln.bias", "bn.weight", "bn.bias", "rms.weight"
-    ]
+    assert names_in(model, with_frozen["norm"]) == ["ln.weight", "ln.bias", "bn.weight", "bn.bias", "rms.weight"]
     check_partition(model, with_frozen, include_frozen=True)
     model.requires_grad_(False)
     assert group_parameters(model) == {}
@@ -547,14 +604,10 @@ def test_deterministic():
     first = group_parameters(model, include_frozen=True, granularity="block")
     second = group_parameters(model, include_frozen=True, granularity="block")
     assert list(first) == list(second)
-    assert {k: [id(p) for p in v] for k, v in first.items()} == {
-        k: [id(p) for p in v] for k, v in second.items()
-    }
+    assert {k: [id(p) for p in v] for k, v in first.items()} == {k: [id(p) for p in v] for k, v in second.items()}
     other = gpt2_lora()
     third = group_parameters(other, include_frozen=True, granularity="block")
-    assert {k: names_in(model, v) for k, v in first.items()} == {
-        k: names_in(other, v) for k, v in third.items()
-    }
+    assert {k: names_in(model, v) for k, v in first.items()} == {k: names_in(other, v) for k, v in third.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -564,12 +617,12 @@ def test_deterministic():
 def test_gpt2_blocks():
     model = gpt2()
     groups = group_parameters(model, granularity="block")
-    assert list(groups) == [
-        "norm", "norm@0", "norm@1", "bias@0", "bias@1", "embed", "others@0", "others@1"
-    ]
+    assert list(groups) == ["norm", "norm@0", "norm@1", "bias@0", "bias@1", "embed", "others@0", "others@1"]
     assert names_in(model, groups["norm@1"]) == [
-        "transformer.h.1.ln_1.weight", "transformer.h.1.ln_1.bias",
-        "transformer.h.1.ln_2.weight", "transformer.h.1.ln_2.bias",
+        "transformer.h.1.ln_1.weight",
+        "transformer.h.1.ln_1.bias",
+        "transformer.h.1.ln_2.weight",
+        "transformer.h.1.ln_2.bias",
     ]
     assert names_in(model, groups["norm"]) == ["transformer.ln_f.weight", "transformer.ln_f.bias"]
     # Coarsening the block groups gives back the type groups.
@@ -584,30 +637,36 @@ def test_gpt2_blocks():
 
 def test_blocks_peft_and_nested_lists():
     model = gpt2_lora()
-    assert list(group_parameters(model, granularity="block")) == [
-        "lora_A@0", "lora_A@1", "lora_B@0", "lora_B@1"
-    ]
+    assert list(group_parameters(model, granularity="block")) == ["lora_A@0", "lora_A@1", "lora_B@0", "lora_B@1"]
     # T5 nests ModuleLists (block.0.layer.1); the outer index names the block.
     model = t5()
     groups = group_parameters(model, granularity="block")
-    check_expected(model, groups, {
-        "encoder.block.0.layer.1.layer_norm.weight": "norm@0",
-        "encoder.final_layer_norm.weight": "norm",
-        "shared.weight": "embed",
-        "decoder.block.0.layer.2.DenseReluDense.wo.weight": "others@0",
-    })
+    check_expected(
+        model,
+        groups,
+        {
+            "encoder.block.0.layer.1.layer_norm.weight": "norm@0",
+            "encoder.final_layer_norm.weight": "norm",
+            "shared.weight": "embed",
+            "decoder.block.0.layer.2.DenseReluDense.wo.weight": "others@0",
+        },
+    )
     check_partition(model, groups)
 
 
 def test_blocks_need_module_list():
     model = Plain()
     groups = group_parameters(model, granularity="block")
-    check_expected(model, groups, {
-        "blocks.0.weight": "others@0",
-        "blocks.1.bias": "bias@1",
-        "mlp.0.weight": "others",  # nn.Sequential children are not blocks
-        "mlp.2.bias": "bias",
-    })
+    check_expected(
+        model,
+        groups,
+        {
+            "blocks.0.weight": "others@0",
+            "blocks.1.bias": "bias@1",
+            "mlp.0.weight": "others",  # nn.Sequential children are not blocks
+            "mlp.2.bias": "bias",
+        },
+    )
     check_partition(model, groups)
 
 
@@ -652,9 +711,7 @@ def test_describe_groups_edge_cases():
     assert describe_groups({}) == []
     assert describe_groups({"bias": []}) == [GroupRow("bias", 0, 0, 0.0)]
     a, b = torch.zeros(3), torch.zeros(1)
-    assert describe_groups({"x": iter([a]), "y": (b,)}) == [
-        GroupRow("x", 1, 3, 0.75), GroupRow("y", 1, 1, 0.25)
-    ]
+    assert describe_groups({"x": iter([a]), "y": (b,)}) == [GroupRow("x", 1, 3, 0.75), GroupRow("y", 1, 1, 0.25)]
 
 
 # ---------------------------------------------------------------------------------------

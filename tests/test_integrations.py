@@ -56,8 +56,16 @@ def fresh_accelerate():
 def gpt2(seed: int = 0, dropout: float = 0.1) -> transformers.GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
-        n_layer=2, n_embd=64, n_head=2, vocab_size=VOCAB, n_positions=32, bos_token_id=0, eos_token_id=0,
-        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+        n_layer=2,
+        n_embd=64,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
     )
     return transformers.GPT2LMHeadModel(config)
 
@@ -247,8 +255,14 @@ class _Tokens(torch.utils.data.Dataset):
 
 def _args(tmp_path, **kwargs) -> transformers.TrainingArguments:
     defaults = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, use_cpu=True, report_to=[],
-        save_strategy="no", logging_steps=1, disable_tqdm=True, learning_rate=1e-3,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        learning_rate=1e-3,
         dataloader_num_workers=0,
     )
     return transformers.TrainingArguments(**{**defaults, **kwargs})
@@ -282,8 +296,11 @@ def test_trainer_logs_lr_and_appi_of_every_group(tmp_path):
     model = gpt2()
     opt = wrap(model, closure=replay_closure(model), lazy=2)
     trainer = _trainer(
-        model=model, args=_args(tmp_path, max_steps=10), train_dataset=_Tokens(40),
-        optimizers=(opt, None), callbacks=[GeNAdaPEFTCallback()],
+        model=model,
+        args=_args(tmp_path, max_steps=10),
+        train_dataset=_Tokens(40),
+        optimizers=(opt, None),
+        callbacks=[GeNAdaPEFTCallback()],
     )
     trainer.train()
     assert isinstance(trainer.optimizer, torch.optim.Optimizer) and trainer.optimizer is not opt
@@ -318,8 +335,11 @@ def test_trainer_probes_once_per_optimizer_step_on_batches_the_step_has_not_seen
     )
     dataset = _Tokens(48)
     trainer = _trainer(
-        model=model, args=_args(tmp_path, max_steps=6, gradient_accumulation_steps=2, logging_steps=2),
-        train_dataset=dataset, optimizers=(opt, None), callbacks=[GeNAdaPEFTCallback()],
+        model=model,
+        args=_args(tmp_path, max_steps=6, gradient_accumulation_steps=2, logging_steps=2),
+        train_dataset=dataset,
+        optimizers=(opt, None),
+        callbacks=[GeNAdaPEFTCallback()],
     )
     trainer.train()
     # The callback swapped the biased replay for probe batches of the training data.
@@ -349,8 +369,11 @@ def test_trainer_callback_masks_at_a_fraction_and_reaches_reporters(tmp_path):
     recorder = _Recorder()
     callback = GeNAdaPEFTCallback(mask_at=0.5, budget=0.2)
     trainer = _trainer(
-        model=model, args=_args(tmp_path, max_steps=8, lr_scheduler_type="constant"),
-        train_dataset=_Tokens(32), optimizers=(opt, None), callbacks=[recorder],
+        model=model,
+        args=_args(tmp_path, max_steps=8, lr_scheduler_type="constant"),
+        train_dataset=_Tokens(32),
+        optimizers=(opt, None),
+        callbacks=[recorder],
     )
     callback.attach(trainer)
     assert trainer.callback_handler.callbacks[0] is callback
@@ -375,8 +398,13 @@ def test_trainer_callback_with_a_budget_nothing_fits_warns_and_trains_everything
     model = gpt2()
     opt = wrap(model, closure=replay_closure(model), lazy=1)
     callback = GeNAdaPEFTCallback(mask_at=2, budget=1e-6)
-    trainer = _trainer(model=model, args=_args(tmp_path, max_steps=4, lr_scheduler_type="constant"),
-                       train_dataset=_Tokens(16), optimizers=(opt, None), callbacks=[callback])
+    trainer = _trainer(
+        model=model,
+        args=_args(tmp_path, max_steps=4, lr_scheduler_type="constant"),
+        train_dataset=_Tokens(16),
+        optimizers=(opt, None),
+        callbacks=[callback],
+    )
     with pytest.warns(RuntimeWarning, match=r"no group fits budget=1e-06 \(greedy order \["):
         trainer.train()
     assert opt.masked is None and callback.masked_at is None
@@ -390,8 +418,13 @@ def test_trainer_resume_from_checkpoint_is_bit_identical(tmp_path, mask_at):
         model = gpt2()
         opt = wrap(model, closure=replay_closure(model), lazy=2)
         args = _args(output_dir, max_steps=6, save_strategy="steps" if save else "no", save_steps=3)
-        trainer = _trainer(model=model, args=args, train_dataset=_Tokens(24), optimizers=(opt, None),
-                           callbacks=[GeNAdaPEFTCallback(mask_at=mask_at, budget=0.2)])
+        trainer = _trainer(
+            model=model,
+            args=args,
+            train_dataset=_Tokens(24),
+            optimizers=(opt, None),
+            callbacks=[GeNAdaPEFTCallback(mask_at=mask_at, budget=0.2)],
+        )
         trainer.train(resume_from_checkpoint=resume)
         return model, opt
 
@@ -410,8 +443,11 @@ def test_trainer_with_optimizer_factory(tmp_path):
     model = gpt2()
     kwargs = {"lr": 1e-3, "weight_decay": 0.01, "lazy": 2, "betas": (0.9, 0.99)}
     trainer = _trainer(
-        model=model, args=_args(tmp_path, max_steps=4), train_dataset=_Tokens(16),
-        optimizer_cls_and_kwargs=(GeNAdaPEFTFactory, kwargs), callbacks=[GeNAdaPEFTCallback()],
+        model=model,
+        args=_args(tmp_path, max_steps=4),
+        train_dataset=_Tokens(16),
+        optimizer_cls_and_kwargs=(GeNAdaPEFTFactory, kwargs),
+        callbacks=[GeNAdaPEFTCallback()],
     )
     trainer.train()
     opt = unwrap_optimizer(trainer.optimizer)
@@ -448,8 +484,11 @@ def test_factory_rejects_groups_and_non_optimizers():
         (dict(mask_at=True, budget=0.1), TypeError, "mask_at must be an int"),
         (dict(mask_at=2, budget=1.5), ValueError, "Invalid budget: 1.5"),
         (dict(mask_at=2, budget=0.1, method="best"), ValueError, "Invalid method"),
-        (dict(optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)), TypeError,
-         "no GeNAdaPEFT found in SGD"),
+        (
+            dict(optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)),
+            TypeError,
+            "no GeNAdaPEFT found in SGD",
+        ),
     ],
 )
 def test_callback_arguments(kwargs, error, match):
@@ -530,10 +569,18 @@ def test_fp16_grad_scaler_steps_with_unscaled_gradients():
     # SGD's update is the gradient itself, so a direction taken from scaled gradients would be
     # 65536x the reference's.
     scaled_model, plain_model = gpt2(dropout=0.0), gpt2(dropout=0.0)
-    scaled = GeNAdaPEFT(torch.optim.SGD(scaled_model.parameters(), lr=0.1), closure=replay_closure(scaled_model),
-                        groups=group_parameters(scaled_model), lazy=1)
-    plain = GeNAdaPEFT(torch.optim.SGD(plain_model.parameters(), lr=0.1), closure=replay_closure(plain_model),
-                       groups=group_parameters(plain_model), lazy=1)
+    scaled = GeNAdaPEFT(
+        torch.optim.SGD(scaled_model.parameters(), lr=0.1),
+        closure=replay_closure(scaled_model),
+        groups=group_parameters(scaled_model),
+        lazy=1,
+    )
+    plain = GeNAdaPEFT(
+        torch.optim.SGD(plain_model.parameters(), lr=0.1),
+        closure=replay_closure(plain_model),
+        groups=group_parameters(plain_model),
+        lazy=1,
+    )
     scaler = torch.amp.GradScaler("cpu")
     for batch in batches(3):
         loss, probe_loss = _fp16_step(scaled_model, scaler, scaled, batch)
@@ -558,8 +605,12 @@ def test_fp16_grad_scaler_steps_with_unscaled_gradients():
 
 def test_fp16_grad_scaler_skipped_step_leaves_no_probe():
     model = gpt2(dropout=0.0)
-    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=0.1), closure=replay_closure(model),
-                     groups=group_parameters(model), lazy=2)
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=replay_closure(model),
+        groups=group_parameters(model),
+        lazy=2,
+    )
     before = [p.detach().clone() for p in model.parameters()]
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)  # overflows fp16: inf gradients
     _, out = _fp16_step(model, scaler, opt, batches(1)[0])

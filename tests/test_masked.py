@@ -16,8 +16,17 @@ from adapeft_optim import GeNAdaPEFT, group_parameters, select_groups
 
 def lora_gpt2(seed=0):
     torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16, tie_word_embeddings=False,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=64,
+        n_positions=16,
+        tie_word_embeddings=False,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = get_peft_model(GPT2LMHeadModel(cfg), LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
     for p in model.parameters():
         p.requires_grad_(True)
@@ -31,8 +40,12 @@ def batches(n, seed=1):
 
 def make_opt(model, holder, **kwargs):
     kwargs.setdefault("lazy", 2)
-    return GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-3), closure=lambda: model(holder[0], labels=holder[0]).loss,
-                      groups=group_parameters(model), **kwargs)
+    return GeNAdaPEFT(
+        torch.optim.AdamW(model.parameters(), lr=1e-3),
+        closure=lambda: model(holder[0], labels=holder[0]).loss,
+        groups=group_parameters(model),
+        **kwargs,
+    )
 
 
 def run(model, opt, holder, xs):
@@ -56,7 +69,9 @@ def brute_force(appi, numel, budget, requires=None):
             if weight / total > budget or any(r not in subset for n in subset for r in requires.get(n, ())):
                 continue
             value = sum(appi[n] * numel[n] for n in subset if appi[n] > 0)
-            if value > best[0] * (1 + 1e-12) or (abs(value - best[0]) <= 1e-12 * max(value, 1e-300) and weight < best[1]):
+            if value > best[0] * (1 + 1e-12) or (
+                abs(value - best[0]) <= 1e-12 * max(value, 1e-300) and weight < best[1]
+            ):
                 best = (value, weight, subset)
     return best
 
@@ -156,7 +171,9 @@ def test_masked_mode_freezes_unselected_groups_for_100_steps():
         for p in groups[n]:
             ref.state[p] = {k: torch.zeros_like(v) for k, v in opt.state[p].items()}
     assert state_bytes(opt) == state_bytes(ref)
-    expected = sum(2 * p.numel() * p.element_size() + 4 for n in selected for p in groups[n])  # exp_avg, exp_avg_sq, step
+    expected = sum(
+        2 * p.numel() * p.element_size() + 4 for n in selected for p in groups[n]
+    )  # exp_avg, exp_avg_sq, step
     assert state_bytes(opt) == expected
 
 
@@ -224,7 +241,7 @@ def test_stable_ranking_switches_once_the_order_stops_changing():
     # it switched exactly when the last 4 rankings (3 unchanged probes) agreed
     assert len(set(rankings[-4:])) == 1
     for i in range(3, len(rankings) - 1):
-        assert len(set(rankings[i - 3: i + 1])) > 1 or not all(s > 0 for s in opt.appi.values())
+        assert len(set(rankings[i - 3 : i + 1])) > 1 or not all(s > 0 for s in opt.appi.values())
 
 
 def test_mask_errors_leave_the_model_untouched():

@@ -34,15 +34,24 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
 # ---------------------------------------------------------------------------------------
 # tiny models, data and oracles
 
 
 def gpt2(dtype=torch.float32, *, dropout=0.0, tie=True, seed=0):
     config = transformers.GPT2Config(
-        n_layer=2, n_embd=64, n_head=2, vocab_size=VOCAB, n_positions=32,
-        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-        bos_token_id=0, eos_token_id=0, tie_word_embeddings=tie,
+        n_layer=2,
+        n_embd=64,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=32,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=tie,
     )
     config._attn_implementation = "eager"  # plain ops all the way down, for double backward
     torch.manual_seed(seed)
@@ -86,9 +95,7 @@ class Quadratic(nn.Module):
         M = torch.randn(n, n, generator=g, dtype=torch.float64)
         self.register_buffer("Q", M @ M.T / n + 0.5 * torch.eye(n, dtype=torch.float64))
         self.register_buffer("c", torch.randn(n, generator=g, dtype=torch.float64))
-        self.ws = nn.ParameterList(
-            [nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64)) for s in sizes]
-        )
+        self.ws = nn.ParameterList([nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64)) for s in sizes])
         self.sizes = sizes
 
     def groups(self):
@@ -123,7 +130,7 @@ def adamw_direction(inner):
             grad, w = p.grad.double(), p.detach().double()
             m = (1 - beta1) * grad + (beta1 * st["exp_avg"].double() if st else 0.0)
             v = (1 - beta2) * grad * grad + (beta2 * st["exp_avg_sq"].double() if st else 0.0)
-            step = (m / (1 - beta1 ** t)) / (v.sqrt() / math.sqrt(1 - beta2 ** t) + g["eps"])
+            step = (m / (1 - beta1**t)) / (v.sqrt() / math.sqrt(1 - beta2**t) + g["eps"])
             d[p] = g["weight_decay"] * w + step
     return d
 
@@ -139,11 +146,12 @@ def exact_slope_curvature(model, ids, directions, names):
     grads = torch.autograd.grad(lm_loss(model64, ids), params64, create_graph=True)
     out = {}
     for name in dict.fromkeys(names[p] for p in params if p in directions):
-        vec = [directions[p] if p in directions and names[p] == name else torch.zeros_like(q)
-               for p, q in zip(params, params64)]
+        vec = [
+            directions[p] if p in directions and names[p] == name else torch.zeros_like(q)
+            for p, q in zip(params, params64)
+        ]
         b = sum((g * v).sum() for g, v in zip(grads, vec)).item()
-        hv = torch.autograd.grad(grads, params64, grad_outputs=vec, retain_graph=True,
-                                 allow_unused=True)
+        hv = torch.autograd.grad(grads, params64, grad_outputs=vec, retain_graph=True, allow_unused=True)
         A = sum((h * v).sum() for h, v in zip(hv, vec) if h is not None).item()
         out[name] = (b, A)
     return out
@@ -166,8 +174,15 @@ def wrap_adamw(model, lazy, lr=1e-3, **kwargs):
 
 def fingerprint(p):
     """What a step must not change about a parameter besides its values."""
-    return (p.is_leaf, p.requires_grad, p.data_ptr(), sorted(vars(p)), p._backward_hooks,
-            getattr(p, "_post_accumulate_grad_hooks", None), type(p))
+    return (
+        p.is_leaf,
+        p.requires_grad,
+        p.data_ptr(),
+        sorted(vars(p)),
+        p._backward_hooks,
+        getattr(p, "_post_accumulate_grad_hooks", None),
+        type(p),
+    )
 
 
 def group_of(opt):
@@ -185,8 +200,7 @@ def same_number(x, y):
 
 def same_records(h1, h2):
     return len(h1) == len(h2) and all(
-        r1.keys() == r2.keys() and all(same_number(r1[k], r2[k]) for k in r1)
-        for r1, r2 in zip(h1, h2)
+        r1.keys() == r2.keys() and all(same_number(r1[k], r2[k]) for k in r1) for r1, r2 in zip(h1, h2)
     )
 
 
@@ -211,10 +225,8 @@ def test_param_groups_are_split_per_named_group_keeping_hyper_parameters():
     lin0, norm, lin2 = model[0], model[1], model[2]
     inner = torch.optim.AdamW(
         [
-            {"params": [lin0.weight, lin0.bias, norm.weight, norm.bias],
-             "weight_decay": 0.1, "betas": (0.9, 0.99)},
-            {"params": [lin2.weight, lin2.bias],
-             "weight_decay": 0.0, "betas": (0.8, 0.95), "lr": 5e-4},
+            {"params": [lin0.weight, lin0.bias, norm.weight, norm.bias], "weight_decay": 0.1, "betas": (0.9, 0.99)},
+            {"params": [lin2.weight, lin2.bias], "weight_decay": 0.0, "betas": (0.8, 0.95), "lr": 5e-4},
         ],
         lr=1e-3,
     )
@@ -241,9 +253,7 @@ def test_param_groups_are_split_per_named_group_keeping_hyper_parameters():
 
 def test_without_groups_each_inner_param_group_is_one_group():
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
-    inner = torch.optim.SGD(
-        [{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 0.5}], lr=0.1
-    )
+    inner = torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 0.5}], lr=0.1)
     opt = GeNAdaPEFT(inner, lazy=0)
     assert len(opt.param_groups) == 2
     names = [g["adapeft_name"] for g in opt.param_groups]
@@ -286,8 +296,10 @@ def test_probe_step_update_equals_plain_adamw_at_the_new_lrs():
     first = [p for p in model.parameters() if p in blocks0]
     rest = [p for p in model.parameters() if p not in blocks0]
     inner = torch.optim.AdamW(
-        [{"params": first, "weight_decay": 0.1, "betas": (0.9, 0.99)},
-         {"params": rest, "weight_decay": 0.0, "betas": (0.8, 0.95)}],
+        [
+            {"params": first, "weight_decay": 0.1, "betas": (0.9, 0.99)},
+            {"params": rest, "weight_decay": 0.0, "betas": (0.8, 0.95)},
+        ],
         lr=1e-3,
     )
     opt = GeNAdaPEFT(inner, groups=group_parameters(model), lazy=2)
@@ -301,9 +313,7 @@ def test_probe_step_update_equals_plain_adamw_at_the_new_lrs():
         opt.step(lambda: lm_loss(model, ids))
         new_lrs = opt.lrs
         pre_params = dict(zip(model.parameters(), pre_model.parameters()))
-        plain = torch.optim.AdamW(
-            [{"params": [pre_params[p] for p in g["params"]]} for g in opt.param_groups], lr=1.0
-        )
+        plain = torch.optim.AdamW([{"params": [pre_params[p] for p in g["params"]]} for g in opt.param_groups], lr=1.0)
         plain.load_state_dict(pre_state)
         for g, pg in zip(opt.param_groups, plain.param_groups):
             pg["lr"] = new_lrs[g["adapeft_name"]]
@@ -369,8 +379,14 @@ def test_quadratic_records_are_the_closed_form_slope_and_curvature():
 @pytest.mark.parametrize("scales", [(-2, -1, 1, 2), (-1, 1), (1, 2)])
 def test_every_stencil_recovers_the_quadratic_exactly(scales):
     model = Quadratic(seed=1)
-    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=0.2), closure=model,
-                     groups=model.groups(), lazy=1, scales=scales, joint_check=False)
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=0.2),
+        closure=model,
+        groups=model.groups(),
+        lazy=1,
+        scales=scales,
+        joint_check=False,
+    )
     calls = []
     opt.zero_grad()
     loss = model()
@@ -496,12 +512,10 @@ def test_probes_leave_no_trace_on_parameters():
         for g in twin_inner.param_groups:
             g["lr"] = 1.0 if probe else opt.lrs[g["adapeft_name"]]
         twin_inner.step()
-        module_hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks))
-                        for m in model.modules()]
+        module_hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
         opt.step(lambda: lm_loss(model, ids))
         assert [fingerprint(p) for p in params] == before
-        assert module_hooks == [(len(m._forward_hooks), len(m._forward_pre_hooks))
-                                for m in model.modules()]
+        assert module_hooks == [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
         for p, (g, g_clone) in zip(params, grads):
             assert p.grad is g and torch.equal(g, g_clone)
         twin_params = list(twin_model.parameters())
@@ -559,7 +573,7 @@ def test_closure_raising_mid_probe_completes_the_step_at_the_old_lrs():
         assert not torch.equal(p.detach(), w) or torch.equal(q, w)
         torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-12)
     train(model, opt, data[2:])  # the next step works
-    new = opt.history[len(history):]
+    new = opt.history[len(history) :]
     assert len(new) == 4 and all(math.isfinite(r["b"]) and math.isfinite(r["A"]) for r in new)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -608,16 +622,18 @@ def test_inner_optimizer_failing_on_a_probe_step_leaves_the_pre_step_weights():
 def test_nan_probe_loss_rejects_only_that_group():
     model = gpt2(torch.float64)
     # Without the joint check: its line moves bias too, so the NaN would reject it here only.
-    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-3), groups=group_parameters(model),
-                     lazy=1, joint_check=False)
+    opt = GeNAdaPEFT(
+        torch.optim.AdamW(model.parameters(), lr=1e-3), groups=group_parameters(model), lazy=1, joint_check=False
+    )
     bias = group_parameters(model)["bias"]
     twin_accepted = 0
     for step, ids in enumerate(batches(3, seed=7)):
         backward(model, opt, ids)
         # A twin at the same point with the same optimizer state, probed with the true loss.
         twin = copy_with_grads(model, model)
-        twin_opt = GeNAdaPEFT(torch.optim.AdamW(twin.parameters(), lr=1e-3), groups=group_parameters(twin),
-                              lazy=1, joint_check=False)
+        twin_opt = GeNAdaPEFT(
+            torch.optim.AdamW(twin.parameters(), lr=1e-3), groups=group_parameters(twin), lazy=1, joint_check=False
+        )
         twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
         saved = [p.detach().clone() for p in bias]
         appi, lr = opt.appi["bias"], opt.lrs["bias"]
@@ -653,16 +669,18 @@ def test_nan_probe_loss_rejects_only_that_group():
 def _resume(checkpoint):
     model = gpt2(torch.float64, seed=123)
     model.load_state_dict(checkpoint["model"])
-    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05),
-                     groups=group_parameters(model), lazy=2)
+    opt = GeNAdaPEFT(
+        torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05), groups=group_parameters(model), lazy=2
+    )
     opt.load_state_dict(checkpoint["opt"])
     return model, opt
 
 
 def test_state_dict_resume_is_bit_identical():
     model = gpt2(torch.float64)
-    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05),
-                     groups=group_parameters(model), lazy=2)
+    opt = GeNAdaPEFT(
+        torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05), groups=group_parameters(model), lazy=2
+    )
     data = batches(12, seed=8)
     train(model, opt, data[:6])
     assert any(r["accepted"] for r in opt.history)
@@ -702,8 +720,9 @@ def _quadratic_run(scheduled, steps):
         opt.zero_grad()
         model().backward()
         G = model.Q @ model.flat() - model.c
-        etas.append({name: float(G[sl] @ G[sl]) / float(G[sl] @ model.Q[sl, sl] @ G[sl])
-                     for name, sl in model.blocks()})
+        etas.append(
+            {name: float(G[sl] @ G[sl]) / float(G[sl] @ model.Q[sl, sl] @ G[sl]) for name, sl in model.blocks()}
+        )
         opt.step()
         lrs.append(dict(opt.lrs))
     return opt, lrs, etas

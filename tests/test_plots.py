@@ -196,9 +196,7 @@ def test_ppi_matrix_input_errors():
 
 
 def test_appi_curves_cumulative_forward_filled():
-    history = table_history(
-        {"a": [1.0, None, 2.0, "skip"], "b": [None, 4.0, "skip", 8.0]}, steps=[0, 8, 16, 24]
-    )
+    history = table_history({"a": [1.0, None, 2.0, "skip"], "b": [None, 4.0, "skip", 8.0]}, steps=[0, 8, 16, 24])
     names, steps, m = appi_curves(history)
     assert names == ["a", "b"]
     np.testing.assert_array_equal(steps, [0, 8, 16, 24])
@@ -351,8 +349,11 @@ def assert_not_blank(img):
 
 def test_plot_ppi_heatmap_writes_png(tmp_path):
     out = plot_ppi_heatmap(
-        table_history(TABLE, STEPS), tmp_path / "sub" / "heat.png",
-        title="t", figsize=(6, 3), dpi=50,
+        table_history(TABLE, STEPS),
+        tmp_path / "sub" / "heat.png",
+        title="t",
+        figsize=(6, 3),
+        dpi=50,
     )
     assert out == tmp_path / "sub" / "heat.png"
     img = read_png(out)
@@ -378,9 +379,7 @@ def test_heatmap_figure_shows_processed_values():
 
 def test_heatmap_caption_says_how_cells_were_made_and_what_grey_is():
     history = table_history(TABLE, STEPS)
-    fig = plots._heatmap_figure(
-        history, "others", 3.0, 0.5, None, None, "viridis", None, 50, caption=True
-    )
+    fig = plots._heatmap_figure(history, "others", 3.0, 0.5, None, None, "viridis", None, 50, caption=True)
     assert " ".join(fig.get_supxlabel().split()) == (
         "PPI of the valued probes: IQR outliers removed (k=3), EMA-smoothed (weight 0.5 on "
         "the past), gaps carried forward, divided by the 'others' row; grey: no valued probe "
@@ -415,9 +414,7 @@ def test_appi_figure_linear_when_log_impossible():
 
 def test_plot_frontier_writes_png(tmp_path):
     recipes = {"LoRA": (0.004, 0.3), "BitFit": (0.001, 0.15)}
-    out = plot_frontier(
-        FRONTIER, tmp_path / "frontier", recipes=recipes, ylabel="train loss", dpi=40
-    )
+    out = plot_frontier(FRONTIER, tmp_path / "frontier", recipes=recipes, ylabel="train loss", dpi=40)
     assert out == tmp_path / "frontier.png"
     img = read_png(out)
     assert img.shape == (180, 340, 4)
@@ -443,8 +440,13 @@ def test_frontier_figure_content():
     # points are numbered per frontier (a, b); the legend says what each number adds
     assert [t.get_text() for t in ax.texts] == ["a1", "a2", "a3", "a4", "b1"]
     assert legend_texts(ax) == [
-        "greedy", "a1  norm", "a2  +lora_B", "a3  +head", "a4  +others",
-        "exact", "b1  lora_B",
+        "greedy",
+        "a1  norm",
+        "a2  +lora_B",
+        "a3  +head",
+        "a4  +others",
+        "exact",
+        "b1  lora_B",
         "LoRA",
     ]
     np.testing.assert_allclose(ax.collections[0].get_offsets(), [[0.4, 0.3]])
@@ -452,9 +454,7 @@ def test_frontier_figure_content():
 
 def test_frontier_marks_budget_and_selection():
     selection = (0.004, 0.35, ("norm", "lora_B"))
-    fig = plots._frontier_figure(
-        FRONTIER, None, "y", None, True, (7, 4.5), 40, budget=0.01, selection=selection
-    )
+    fig = plots._frontier_figure(FRONTIER, None, "y", None, True, (7, 4.5), 40, budget=0.01, selection=selection)
     ax = fig.axes[0]
     budget_line = [line for line in ax.get_lines() if line.get_label() == "budget 1%"]
     assert len(budget_line) == 1 and list(budget_line[0].get_xdata()) == [1.0, 1.0]
@@ -470,7 +470,11 @@ def test_a_single_labelled_point_has_a_legend_entry():
     fig = plots._frontier_figure(
         {"AdaPEFT (head+embed)": [(0.02, -2.2, ("head", "embed"))]},
         {"LoRA": (0.04, -1.6), "BitFit": (0.005, 0.66)},
-        "log10 loss", None, False, (7, 4.5), 40,
+        "log10 loss",
+        None,
+        False,
+        (7, 4.5),
+        40,
     )
     ax = fig.axes[0]
     assert legend_texts(ax) == ["AdaPEFT (head+embed)", "LoRA", "BitFit"]
@@ -482,9 +486,7 @@ def test_a_single_labelled_point_has_a_legend_entry():
 def test_crowded_frontier_labels_do_not_overlap():
     # six groups of nearly equal size: their point numbers would sit on top of each other
     groups = ["lora_A", "lora_B", "head", "norm", "bias", "embed"]
-    points = [(0.0, 0.0, ())] + [
-        (0.010 + 0.0004 * k, 1.0 + 0.01 * k, tuple(groups[: k + 1])) for k in range(6)
-    ]
+    points = [(0.0, 0.0, ())] + [(0.010 + 0.0004 * k, 1.0 + 0.01 * k, tuple(groups[: k + 1])) for k in range(6)]
     fig = plots._frontier_figure(points, None, "y", None, True, (7, 4.5), 100)
     ax = fig.axes[0]
     renderer = fig.canvas.get_renderer()
@@ -494,7 +496,12 @@ def test_crowded_frontier_labels_do_not_overlap():
         for j in range(i):
             assert not boxes[i].overlaps(boxes[j]), (ax.texts[i].get_text(), ax.texts[j].get_text())
     assert legend_texts(ax)[1:] == [
-        "1  lora_A", "2  +lora_B", "3  +head", "4  +norm", "5  +bias", "6  +embed",
+        "1  lora_A",
+        "2  +lora_B",
+        "3  +head",
+        "4  +norm",
+        "5  +bias",
+        "6  +embed",
     ]
 
 

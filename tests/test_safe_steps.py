@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from adapeft_optim import GeNAdaPEFT, optimizer as optimizer_module
-from adapeft_optim.fit import newton_update
+from adapeft_optim import GeNAdaPEFT
+from adapeft_optim import optimizer as optimizer_module
 
 
 class Mean(nn.Module):
@@ -36,8 +36,14 @@ def row_batches(count, n=6, rows=4, seed=1):
 def test_probe_batch_gives_the_unbiased_slope_where_the_same_batch_is_biased():
     model = Mean()
     train, probe = row_batches(3, seed=1), row_batches(2, seed=2)
-    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=0.1), closure=model, probe_data=probe,
-                     groups={"w": [model.w]}, lazy=1, joint_check=False)
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=model,
+        probe_data=probe,
+        groups={"w": [model.w]},
+        lazy=1,
+        joint_check=False,
+    )
     same_batch, fresh = [], []
     for step, batch in enumerate(train):
         opt.zero_grad()
@@ -66,16 +72,17 @@ def test_all_forwards_of_a_probe_evaluate_one_batch_and_batches_cycle():
         seen.append(batch)
         return model(batch)
 
-    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=0.1), closure=closure, probe_data=probe,
-                     groups={"w": [model.w]}, lazy=2)
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=0.1), closure=closure, probe_data=probe, groups={"w": [model.w]}, lazy=2
+    )
     per_probe = 1 + 4 + 2  # L0, the 4-point stencil of the one group, the joint check
-    for step, batch in enumerate(row_batches(10, seed=5)):
+    for batch in row_batches(10, seed=5):
         opt.zero_grad()
         model(batch).backward()
         opt.step()
     assert len(seen) == 5 * per_probe
     for k in range(5):
-        used = seen[k * per_probe:(k + 1) * per_probe]
+        used = seen[k * per_probe : (k + 1) * per_probe]
         assert all(b is probe[k % 3] for b in used)
 
 
@@ -138,8 +145,15 @@ class Coupled(nn.Module):
 def _newton_then_joint(model, lr=0.2):
     """One probe step with per-group Newton lrs taken in full (smoothing 0, no clamp), and the
     closed-form expectation: η_k = b_k/A_k, then the joint line's t* = GᵀD / DᵀQD, D = Σ η_k G_k."""
-    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=lr), closure=model, groups=model.groups(),
-                     lazy=1, smoothing=0.0, max_change=1e6, max_lr_factor=1e6)
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=lr),
+        closure=model,
+        groups=model.groups(),
+        lazy=1,
+        smoothing=0.0,
+        max_change=1e6,
+        max_lr_factor=1e6,
+    )
     opt.zero_grad()
     model().backward()
     w = torch.cat([p.detach() for p in model.ws])
@@ -175,8 +189,14 @@ def _soak(steps, *, ceiling, guard, monkeypatch):
     """SGD on a coupled quadratic with per-group Newton lrs and no joint check: the groups' own
     optima add up to a step past the stability limit, and the lrs keep asking for more."""
     model = Coupled(coupling=1.0, seed=3)
-    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=0.01), closure=model, groups=model.groups(),
-                     lazy=1, joint_check=False, max_lr_factor=10.0 if ceiling else 1e300)
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        closure=model,
+        groups=model.groups(),
+        lazy=1,
+        joint_check=False,
+        max_lr_factor=10.0 if ceiling else 1e300,
+    )
     losses = []
     with monkeypatch.context() as m, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -213,8 +233,13 @@ def test_ceiling_or_guard_keeps_the_soak_finite(monkeypatch, ceiling, guard):
 
 def test_non_finite_probe_loss_shrinks_lrs_instead_of_freezing_them():
     model = Mean()
-    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=0.1), closure=lambda b: model(b) * math.inf,
-                     probe_data=row_batches(1), groups={"w": [model.w]}, lazy=1)
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=lambda b: model(b) * math.inf,
+        probe_data=row_batches(1),
+        groups={"w": [model.w]},
+        lazy=1,
+    )
     for k in range(3):
         opt.zero_grad()
         model(row_batches(1, seed=k)[0]).backward()
@@ -227,8 +252,13 @@ def test_non_finite_probe_loss_shrinks_lrs_instead_of_freezing_them():
 def test_influence_only_is_bit_identical_to_the_bare_optimizer_and_accumulates_appi():
     model = Coupled(coupling=0.5)
     twin = Coupled(coupling=0.5)
-    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5), closure=model,
-                     groups=model.groups(), lazy=2, adapt_lr=False)
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5),
+        closure=model,
+        groups=model.groups(),
+        lazy=2,
+        adapt_lr=False,
+    )
     bare = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.5)
     expected_appi = dict.fromkeys("abc", 0.0)
     buf = None
@@ -261,8 +291,13 @@ def test_deepcopy_and_pickle_keep_the_wrapper_and_continue_identically(how):
     model = Mean()
     probe = row_batches(3, seed=6)
     train = row_batches(8, seed=7)
-    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), closure=model,
-                     probe_data=probe, groups={"w": [model.w]}, lazy=2)
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+        closure=model,
+        probe_data=probe,
+        groups={"w": [model.w]},
+        lazy=2,
+    )
     for batch in train[:3]:
         opt.zero_grad()
         model(batch).backward()

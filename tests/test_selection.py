@@ -33,9 +33,7 @@ from adapeft_optim.selection import (
     transfer_selection,
 )
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 # -- brute-force references (exact rational arithmetic, every subset) ----------------------------
 
@@ -132,14 +130,9 @@ def reference_frontier(appi, numel, requires=None):
     requires = requires or {}
     total = sum(numel.values())
     order = rank_order(appi, numel)
-    scored = [
-        (weight(numel, s), exact_value(appi, numel, s), s)
-        for s in candidate_sets(appi, requires)
-    ]
+    scored = [(weight(numel, s), exact_value(appi, numel, s), s) for s in candidate_sets(appi, requires)]
     front = [
-        (w, v, s)
-        for w, v, s in scored
-        if not any(w2 <= w and v2 >= v and (w2 < w or v2 > v) for w2, v2, _ in scored)
+        (w, v, s) for w, v, s in scored if not any(w2 <= w and v2 >= v and (w2 < w or v2 > v) for w2, v2, _ in scored)
     ]
     points = {}
     for w, v, s in front:
@@ -296,11 +289,7 @@ def test_dependencies_match_brute_force(case, method):
         with pytest.raises(ValueError, match="all APPI values are zero"):
             select_groups(appi, numel, budget, method, requires=requires)
         return
-    can = (
-        selectable_exact(appi, numel, requires)
-        if method == "exact"
-        else selectable_walk(appi, numel, requires)
-    )
+    can = selectable_exact(appi, numel, requires) if method == "exact" else selectable_walk(appi, numel, requires)
     if not can:
         with pytest.raises(ValueError, match="no group can be selected at any budget"):
             select_groups(appi, numel, budget, method, requires=requires)
@@ -314,8 +303,7 @@ def test_dependencies_match_brute_force(case, method):
         assert sel.groups == reference_walk(appi, numel, budget, requires, stop=method == "prefix")
     assert is_closed(set(sel.groups), requires)
     assert sel.fraction <= budget
-    assert sel.requires == {g: tuple(h for h in r if h != g) for g, r in requires.items()
-                            if any(h != g for h in r)}
+    assert sel.requires == {g: tuple(h for h in r if h != g) for g, r in requires.items() if any(h != g for h in r)}
 
 
 @settings(deadline=None, max_examples=200)
@@ -410,7 +398,12 @@ def test_greedy_is_suboptimal_on_classic_counterexample():
     assert greedy.groups == ("x",) and greedy.value == pytest.approx(7.2)
     assert exact.groups == ("y", "z") and exact.value == 10.0
     assert [p.groups for p in pareto_frontier(appi, numel, method="exact")] == [
-        (), ("y",), ("x",), ("y", "z"), ("x", "y"), ("x", "y", "z")
+        (),
+        ("y",),
+        ("x",),
+        ("y", "z"),
+        ("x", "y"),
+        ("x", "y", "z"),
     ]
 
 
@@ -586,28 +579,38 @@ NUMEL = {"a": 10, "b": 20}
         (dict(budget=math.nan), ValueError, r"Invalid budget: nan"),
         (dict(budget="0.1"), TypeError, r"budget must be a number in \[0, 1\].*str '0\.1'"),
         (dict(budget=None), TypeError, r"budget must be a number.*NoneType"),
-        (dict(method="dp"), ValueError,
-         r"Unknown method 'dp'; use one of 'greedy', 'prefix', 'exact'"),
+        (dict(method="dp"), ValueError, r"Unknown method 'dp'; use one of 'greedy', 'prefix', 'exact'"),
         (dict(requires="b"), TypeError, r"requires must be a mapping group name -> names"),
-        (dict(requires={"a": "b"}), TypeError,
-         r"requires\['a'\] must be a sequence of group names, got str 'b'; write \('b',\) "
-         r"for one group"),
-        (dict(requires={"a": ["zz"]}), ValueError,
-         r"requires names group\(s\) \['zz'\] that are not candidate groups \['a', 'b'\]"),
+        (
+            dict(requires={"a": "b"}),
+            TypeError,
+            r"requires\['a'\] must be a sequence of group names, got str 'b'; write \('b',\) "
+            r"for one group",
+        ),
+        (
+            dict(requires={"a": ["zz"]}),
+            ValueError,
+            r"requires names group\(s\) \['zz'\] that are not candidate groups \['a', 'b'\]",
+        ),
         (dict(requires={"a": [1]}), TypeError, r"group names in requires must be str"),
-        (dict(appi={"a": 1.0}), ValueError,
-         r"appi and numel must have the same group names; only in appi: \[\], "
-         r"only in numel: \['b'\]"),
-        (dict(numel={"a": 10, "b": 0}), ValueError,
-         r"numel of group 'b' must be a positive parameter count, got 0"),
+        (
+            dict(appi={"a": 1.0}),
+            ValueError,
+            r"appi and numel must have the same group names; only in appi: \[\], "
+            r"only in numel: \['b'\]",
+        ),
+        (dict(numel={"a": 10, "b": 0}), ValueError, r"numel of group 'b' must be a positive parameter count, got 0"),
         (dict(numel={"a": 10, "b": -3}), ValueError, r"numel of group 'b' .* got -3"),
         (dict(numel={"a": 10, "b": 2.5}), TypeError, r"numel of group 'b' must be an int"),
         (dict(appi={"a": 1.0, "b": math.nan}), ValueError, r"APPI of group 'b' is NaN"),
         (dict(appi={"a": 1.0, "b": "x"}), TypeError, r"APPI of group 'b' must be a real number"),
         (dict(appi={}, numel={}), ValueError, r"appi is empty"),
-        (dict(appi={"a": 0.0, "b": 0.0}), ValueError,
-         r"all APPI values are zero .*select\(\) needs at least one accepted probe; run more "
-         r"steps or lower r2_min"),
+        (
+            dict(appi={"a": 0.0, "b": 0.0}),
+            ValueError,
+            r"all APPI values are zero .*select\(\) needs at least one accepted probe; run more "
+            r"steps or lower r2_min",
+        ),
         (dict(appi=[1.0, 2.0]), TypeError, r"appi must be a mapping group name -> number"),
     ],
 )
@@ -632,9 +635,7 @@ def test_exact_frontier_explosion_suggests_greedy(monkeypatch):
     monkeypatch.setattr(selection_module, "_MAX_PARETO_WORK", 2**12)
     appi = {f"g{i}": 1.0 for i in range(12)}
     numel = {f"g{i}": 2**i for i in range(12)}
-    with pytest.raises(
-        ValueError, match=r"over 12 groups has too many Pareto-optimal subsets.*method='greedy'"
-    ):
+    with pytest.raises(ValueError, match=r"over 12 groups has too many Pareto-optimal subsets.*method='greedy'"):
         pareto_frontier(appi, numel, method="exact")
     with pytest.raises(ValueError, match=r"too many Pareto-optimal subsets"):
         select_groups(appi, numel, 1.0, method="exact")
@@ -690,8 +691,7 @@ def test_selection_json_round_trip(case, method):
 
 def test_selection_json_without_requires_and_lora_reads_as_none():
     # A file written before dependencies and LoRA settings were recorded.
-    old = {k: v for k, v in json.loads(make_selection().to_json()).items()
-           if k not in ("requires", "lora")}
+    old = {k: v for k, v in json.loads(make_selection().to_json()).items() if k not in ("requires", "lora")}
     back = Selection.from_json(json.dumps(old))
     assert back == make_selection() and back.requires == {} and back.lora is None
 
@@ -743,32 +743,40 @@ GOOD = json.loads(make_selection().to_json())
     "text, match",
     [
         ("{not json", r"not valid JSON"),
-        ("[1, 2]", r"expected a JSON object with keys \['groups', 'numel', 'appi', 'method', "
-                   r"'budget'\]"),
-        (json.dumps({k: v for k, v in GOOD.items() if k != "budget"}),
-         r"missing key\(s\) \['budget'\]"),
-        (json.dumps({k: v for k, v in GOOD.items() if k not in ("appi", "groups")}),
-         r"missing key\(s\) \['groups', 'appi'\]"),
+        (
+            "[1, 2]",
+            r"expected a JSON object with keys \['groups', 'numel', 'appi', 'method', "
+            r"'budget'\]",
+        ),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "budget"}), r"missing key\(s\) \['budget'\]"),
+        (
+            json.dumps({k: v for k, v in GOOD.items() if k not in ("appi", "groups")}),
+            r"missing key\(s\) \['groups', 'appi'\]",
+        ),
         (json.dumps({**GOOD, "format": "other"}), r"format is 'other'"),
         (json.dumps({**GOOD, "version": 7}), r"version 7 is not supported"),
         (json.dumps({**GOOD, "groups": "norm"}), r"'groups' must be a list of names"),
         (json.dumps({**GOOD, "groups": ["nope"]}), r"selected group\(s\) \['nope'\] are not among"),
         (json.dumps({**GOOD, "groups": ["norm", "norm"]}), r"more than once"),
-        (json.dumps({**GOOD, "numel": {**GOOD["numel"], "head": "1000"}}),
-         r"numel of group 'head' must be an int"),
+        (json.dumps({**GOOD, "numel": {**GOOD["numel"], "head": "1000"}}), r"numel of group 'head' must be an int"),
         (json.dumps({**GOOD, "appi": {"head": 1.0}}), r"same group names"),
         (json.dumps({**GOOD, "method": "random"}), r"Unknown method 'random'"),
         (json.dumps({**GOOD, "budget": 2}), r"Invalid budget: 2"),
         (json.dumps({**GOOD, "budget": 0.001}), r"more than the budget 0\.001"),
-        (json.dumps({**GOOD, "requires": {"head": "bias"}}),
-         r"'requires' must map group names to lists of names"),
-        (json.dumps({**GOOD, "requires": {"head": ["bias"]}}),
-         r"selected group 'head' cannot learn without \['bias'\]"),
-        (json.dumps({**GOOD, "requires": {"head": ["lora_B"]}}),
-         r"requires names group\(s\) \['lora_B'\] that are not candidate groups"),
+        (json.dumps({**GOOD, "requires": {"head": "bias"}}), r"'requires' must map group names to lists of names"),
+        (
+            json.dumps({**GOOD, "requires": {"head": ["bias"]}}),
+            r"selected group 'head' cannot learn without \['bias'\]",
+        ),
+        (
+            json.dumps({**GOOD, "requires": {"head": ["lora_B"]}}),
+            r"requires names group\(s\) \['lora_B'\] that are not candidate groups",
+        ),
         (json.dumps({**GOOD, "lora": ["q"]}), r"lora must be a dict of LoraConfig settings"),
-        (json.dumps({**GOOD, "lora": {"bias": "all"}}),
-         r"lora settings must not hold \['bias'\]: to_peft_config derives them"),
+        (
+            json.dumps({**GOOD, "lora": {"bias": "all"}}),
+            r"lora settings must not hold \['bias'\]: to_peft_config derives them",
+        ),
     ],
 )
 def test_selection_from_json_errors(text, match):
@@ -799,8 +807,13 @@ SEGMENTS = {  # independent expectations for GPT-2 + LoRA on c_attn, by dotted n
 def gpt2(n_layer=2, n_embd=64, *, lora=True, seed=0):
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
-        n_layer=n_layer, n_embd=n_embd, n_head=2, vocab_size=128, n_positions=32,
-        bos_token_id=0, eos_token_id=0,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=2,
+        vocab_size=128,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     model = transformers.GPT2LMHeadModel(config)
     if lora:
@@ -901,8 +914,12 @@ def test_apply_selection_missing_group_changes_nothing(small_selection):
         ("norm", {}, TypeError, r"selection must be a Selection or a list of group names"),
         (["norm"], {"granularity": "layer"}, ValueError, r"Invalid granularity: 'layer'"),
         (["norm"], {"granularity": "type", "groups": {}}, ValueError, r"not both"),
-        (["x"], {"groups": {"x": [torch.nn.Parameter(torch.zeros(2))]}}, ValueError,
-         r"group 'x' holds a tensor of shape \(2,\) that is not a parameter of this model"),
+        (
+            ["x"],
+            {"groups": {"x": [torch.nn.Parameter(torch.zeros(2))]}},
+            ValueError,
+            r"group 'x' holds a tensor of shape \(2,\) that is not a parameter of this model",
+        ),
     ],
 )
 def test_apply_selection_errors(selection, kwargs, error, match):
@@ -916,15 +933,23 @@ def test_apply_selection_errors(selection, kwargs, error, match):
 def bert_cls(hidden=32, labels=3, seed=0):
     torch.manual_seed(seed)
     config = transformers.BertConfig(
-        vocab_size=100, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, num_labels=labels,
+        vocab_size=100,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=labels,
     )
     return transformers.BertForSequenceClassification(config).eval()
 
 
 def seq_cls_lora(model):
     config = peft.LoraConfig(
-        task_type="SEQ_CLS", r=4, lora_alpha=16, lora_dropout=0.05,
+        task_type="SEQ_CLS",
+        r=4,
+        lora_alpha=16,
+        lora_dropout=0.05,
         target_modules=["query", "value"],
     )
     return peft.get_peft_model(model, config)
@@ -937,9 +962,7 @@ def test_apply_selection_never_trains_the_seq_cls_original_head():
     for p in model.parameters():
         p.requires_grad_(True)
     apply_selection(model, ["lora_A", "lora_B", "head"])
-    assert trainable_names(model) == names_with_segments(
-        model, {"lora_A", "lora_B", "modules_to_save"}
-    )
+    assert trainable_names(model) == names_with_segments(model, {"lora_A", "lora_B", "modules_to_save"})
     assert not names_with_segments(model, {"original_module"}) & trainable_names(model)
 
 
@@ -950,40 +973,35 @@ def group_gradients_are_zero(model, groups):
     """Independent expectation: the groups whose whole gradient is exactly zero."""
     model.zero_grad(set_to_none=True)
     model(input_ids=batch(), labels=batch()).loss.backward()
-    return {
-        g for g, ps in groups.items() if all(p.grad is None or not p.grad.any() for p in ps)
-    }
+    return {g for g, ps in groups.items() if all(p.grad is None or not p.grad.any() for p in ps)}
 
 
 def lora_tensors(model, factor, block=None):
-    return [
-        p for n, p in model.named_parameters()
-        if factor in n.split(".") and (block is None or f"h.{block}" in n)
-    ]
+    return [p for n, p in model.named_parameters() if factor in n.split(".") and (block is None or f"h.{block}" in n)]
 
 
 def fill(tensors, value=None, seed=3):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for t in tensors:
-            t.copy_(torch.randn(t.shape, generator=gen) if value is None else
-                    torch.full_like(t, value))
+            t.copy_(torch.randn(t.shape, generator=gen) if value is None else torch.full_like(t, value))
 
 
 @pytest.mark.parametrize(
     "setup, expected_type, expected_block",
     [
         # peft's init: B = 0, so A's gradient is zero.
-        ("fresh", {"lora_A": ("lora_B",)},
-         {"lora_A@0": ("lora_B@0",), "lora_A@1": ("lora_B@1",)}),
+        ("fresh", {"lora_A": ("lora_B",)}, {"lora_A@0": ("lora_B@0",), "lora_A@1": ("lora_B@1",)}),
         # B of block 1 moved: A@1 learns; at type level lora_B is no longer all zero.
         ("B1 moved", {}, {"lora_A@0": ("lora_B@0",)}),
         # B moved everywhere, A zero: now B needs A.
-        ("A zero", {"lora_B": ("lora_A",)},
-         {"lora_B@0": ("lora_A@0",), "lora_B@1": ("lora_A@1",)}),
+        ("A zero", {"lora_B": ("lora_A",)}, {"lora_B@0": ("lora_A@0",), "lora_B@1": ("lora_A@1",)}),
         # Both zero: neither learns; they are selected together.
-        ("both zero", {"lora_A": ("lora_B",), "lora_B": ("lora_A",)},
-         {f"lora_{x}@{i}": (f"lora_{y}@{i}",) for i in (0, 1) for x, y in ("AB", "BA")}),
+        (
+            "both zero",
+            {"lora_A": ("lora_B",), "lora_B": ("lora_A",)},
+            {f"lora_{x}@{i}": (f"lora_{y}@{i}",) for i in (0, 1) for x, y in ("AB", "BA")},
+        ),
     ],
 )
 def test_group_dependencies_match_zero_gradients(setup, expected_type, expected_block):
@@ -1067,8 +1085,11 @@ def test_transfer_between_granularities():
     assert sel.appi == {"norm": (4 * 10 + 2 * 10 + 1 * 30) / 50, "others": 0.5}
     with_selection = Selection.from_groups([], source_numel, source)
     assert transfer_selection(with_selection, target, 1.0) == sel
-    with pytest.raises(ValueError, match=r"target group 'norm' is split by block in the source"
-                       r".*pass the source Selection or source_numel="):
+    with pytest.raises(
+        ValueError,
+        match=r"target group 'norm' is split by block in the source"
+        r".*pass the source Selection or source_numel=",
+    ):
         transfer_selection(source, target, 1.0)
     # Block-level target of a type-level source: every block takes the role's influence;
     # a block the block-level source does not have is unprobed.
@@ -1084,8 +1105,7 @@ def test_transfer_between_granularities():
 
 
 def test_transfer_to_a_model_reads_its_sizes_and_dependencies():
-    source = {"lora_A": 5.0, "lora_B": 1.0, "norm": 0.5, "bias": 0.0, "embed": 0.1,
-              "others": 0.01}
+    source = {"lora_A": 5.0, "lora_B": 1.0, "norm": 0.5, "bias": 0.0, "embed": 0.1, "others": 0.01}
     large = gpt2(n_layer=4, n_embd=128)
     numel = numel_table(large)
     budget = (numel["lora_A"] + numel["norm"]) / sum(numel.values())
@@ -1093,9 +1113,10 @@ def test_transfer_to_a_model_reads_its_sizes_and_dependencies():
     assert sel.numel == numel and sel.requires == {"lora_A": ("lora_B",)}
     # lora_A cannot come without the (zero) lora_B, which does not fit next to it.
     assert "lora_A" not in sel.groups
-    assert sel.groups == select_groups(
-        {g: source[g] for g in numel}, numel, budget, requires={"lora_A": ["lora_B"]}
-    ).groups
+    assert (
+        sel.groups
+        == select_groups({g: source[g] for g in numel}, numel, budget, requires={"lora_A": ["lora_B"]}).groups
+    )
     assert transfer_selection(source, large, budget, requires={}).groups == ("lora_A", "norm")
     groups = group_parameters(large, include_frozen=True)
     assert transfer_selection(source, groups, budget) == sel
@@ -1108,11 +1129,14 @@ def test_transfer_to_a_model_reads_its_sizes_and_dependencies():
         (({"a": 1.0}, "model", 0.5), {}, TypeError, r"target must be a model, a mapping"),
         (({"a": 1.0}, {"a": 3, "b": [torch.zeros(2)]}, 0.5), {}, TypeError, r"not a mix"),
         (({"a": 1.0}, {"a": [1.0]}, 0.5), {}, TypeError, r"target\['a'\] holds a float"),
-        (({"a": 1.0}, {"a": 3}, 0.5), {"granularity": "block"}, ValueError,
-         r"granularity= groups a model"),
-        (({"a": 1.0}, {"b": 3}, 0.5), {}, ValueError,
-         r"no target group has a positive APPI in the source table: target groups \['b'\], "
-         r"source groups \['a'\]"),
+        (({"a": 1.0}, {"a": 3}, 0.5), {"granularity": "block"}, ValueError, r"granularity= groups a model"),
+        (
+            ({"a": 1.0}, {"b": 3}, 0.5),
+            {},
+            ValueError,
+            r"no target group has a positive APPI in the source table: target groups \['b'\], "
+            r"source groups \['a'\]",
+        ),
         (({"a": 1.0}, {"a": 3}, 2.0), {}, ValueError, r"Invalid budget: 2\.0"),
         (({"a": 1.0}, {"a": 3}, 0.5), {"method": "best"}, ValueError, r"Unknown method 'best'"),
     ],
@@ -1164,13 +1188,17 @@ def test_to_peft_config_bias_and_blocks():
     assert trainable_names(rebuilt) == {
         n for n in names_with_segments(rebuilt, {"lora_A", "lora_B"}) if ".h.1." in n
     } | {
-        n for n, _ in rebuilt.named_parameters()
+        n
+        for n, _ in rebuilt.named_parameters()
         if n.endswith(".bias") and not {"ln_1", "ln_2", "ln_f"} & set(n.split("."))
     }
     assert sel.to_peft_config(r=16, bias="lora_only").r == 16
     partial = Selection.from_groups(["bias@0"], numel, lora=sel.lora)
-    with pytest.raises(ValueError, match=r"selected bias groups \['bias@0'\] are only part of the "
-                       r"biases \(\['bias@0', 'bias@1'\]\), and peft's bias= trains all"):
+    with pytest.raises(
+        ValueError,
+        match=r"selected bias groups \['bias@0'\] are only part of the "
+        r"biases \(\['bias@0', 'bias@1'\]\), and peft's bias= trains all",
+    ):
         partial.to_peft_config()
     assert partial.to_peft_config(bias="all").bias == "all"
 
@@ -1180,9 +1208,13 @@ def test_to_peft_config_bias_and_blocks():
     [
         (["lora_A", "lora_B"], None, {}, r"this Selection records no LoRA settings"),
         (["norm"], {"r": 4}, {}, r"records no LoRA settings \(target_modules, r, \.\.\.\)"),
-        (["norm", "lora_B"], {"target_modules": ["c_attn"]}, {},
-         r"selected group\(s\) \['norm'\] are trained in peft through modules_to_save.*pass "
-         r"model="),
+        (
+            ["norm", "lora_B"],
+            {"target_modules": ["c_attn"]},
+            {},
+            r"selected group\(s\) \['norm'\] are trained in peft through modules_to_save.*pass "
+            r"model=",
+        ),
         (["others"], {"target_modules": ["c_attn"]}, {}, r"are base weights"),
     ],
 )
@@ -1195,8 +1227,11 @@ def test_to_peft_config_errors(groups, lora, kwargs, match):
 def test_to_peft_config_without_lora_candidates_and_explicit_modules():
     plain = numel_table(gpt2(lora=False))
     sel = Selection.from_groups(["norm"], plain)
-    with pytest.raises(ValueError, match=r"has no LoRA groups \(candidates \['norm', 'bias', "
-                       r"'embed', 'others'\]\) and a LoraConfig needs adapters"):
+    with pytest.raises(
+        ValueError,
+        match=r"has no LoRA groups \(candidates \['norm', 'bias', "
+        r"'embed', 'others'\]\) and a LoraConfig needs adapters",
+    ):
         sel.to_peft_config(modules_to_save=["ln_f"])
     config = sel.to_peft_config(modules_to_save=["ln_f"], target_modules=["c_attn"])
     assert config.modules_to_save == ["ln_f"] and config.bias == "none"
@@ -1242,8 +1277,9 @@ def test_save_and_load_selected_round_trip(tmp_path, small_selection):
     assert load_selected(fresh, path) == small_selection
     assert torch.equal(logits(fresh), logits(trained))
     full_bytes = sum(p.numel() * p.element_size() for p in trained.parameters())
-    subset_bytes = sum(p.numel() * 4 for g in small_selection.groups
-                       for p in group_parameters(trained, include_frozen=True)[g])
+    subset_bytes = sum(
+        p.numel() * 4 for g in small_selection.groups for p in group_parameters(trained, include_frozen=True)[g]
+    )
     assert subset_bytes < os.path.getsize(path) < subset_bytes + 8192 < full_bytes / 10
 
     from safetensors import safe_open

@@ -174,17 +174,13 @@ def test_train_reduces_the_loss_and_is_deterministic():
         "groups",
     }
     assert result["fraction"] == 1.0 and result["lr"] == 3e-3
-    again = T.train(
-        T.build_model("tiny", seed=0), T.PRETRAIN_TASK, 40, lr=3e-3, batch_size=16, seed=0
-    )
+    again = T.train(T.build_model("tiny", seed=0), T.PRETRAIN_TASK, 40, lr=3e-3, batch_size=16, seed=0)
     assert again == result
 
 
 def test_train_with_groups_trains_exactly_those():
     model = T.add_lora(T.build_model("tiny", seed=0), seed=0, train_all=False)
-    frozen = {
-        n: p.detach().clone() for n, p in model.named_parameters() if "lm_head" not in n.split(".")
-    }
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if "lm_head" not in n.split(".")}
     result = T.train(model, T.FINETUNE_TASK, 3, groups=("head",), seed=0)
     head = model.base_model.model.lm_head.weight
     assert result["groups"] == ["head"] and result["trainable"] == head.numel()
@@ -225,17 +221,28 @@ def test_train_and_probe_take_a_progress_factory():
     out = io.StringIO()
     model = T.add_lora(T.build_model("tiny", seed=0), seed=0)
     T.probe(
-        model, T.FINETUNE_TASK, 4, lazy=2, seed=0,
+        model,
+        T.FINETUNE_TASK,
+        4,
+        lazy=2,
+        seed=0,
         progress=functools.partial(T.LineProgress, desc="warm-up", stream=out),
     )
     T.train(
-        model, T.FINETUNE_TASK, 2, seed=0,
+        model,
+        T.FINETUNE_TASK,
+        2,
+        seed=0,
         progress=functools.partial(T.LineProgress, desc="train", stream=out),
     )
     starts = [line.split(" steps")[0] for line in out.getvalue().splitlines()]
     assert starts == [
-        "  warm-up: 1/4", "  warm-up: 2/4", "  warm-up: 3/4", "  warm-up: 4/4",
-        "  train: 1/2", "  train: 2/2",
+        "  warm-up: 1/4",
+        "  warm-up: 2/4",
+        "  warm-up: 3/4",
+        "  warm-up: 4/4",
+        "  train: 1/2",
+        "  train: 2/2",
     ]
 
 
