@@ -860,10 +860,11 @@ class GeNAdaPEFT(Optimizer):
             ) from None
 
     def _evaluate(
-        self, closure: Callable[..., Any], batch: Any, rng: _RNGState, grads: list[torch.Tensor]
+        self, closure: Callable[..., Any], batch: Any, rng: _RNGState, params: list[torch.Tensor]
     ) -> torch.Tensor:
+        # ``params`` have no .grad during the probe (their gradients are set aside): one that
+        # gets one was reached by a backward() in the closure.
         rng.restore()
-        versions = [g._version for g in grads]
         try:
             out = closure() if batch is _NO_BATCH else closure(batch)
         except RuntimeError as err:
@@ -873,7 +874,7 @@ class GeNAdaPEFT(Optimizer):
                     "pass (return model(**batch).loss); backward() belongs to the training loop"
                 ) from err
             raise
-        if any(g._version != v for g, v in zip(grads, versions)):
+        if any(p.grad is not None for p in params):
             raise RuntimeError(
                 "the closure changed the gradients (called backward()?): a GeNAdaPEFT closure only computes "
                 "the loss by a forward pass; backward() belongs to the training loop"
@@ -894,7 +895,7 @@ class GeNAdaPEFT(Optimizer):
     def _probe_step(self, closure: Callable[..., Any], batch: Any) -> torch.Tensor:
         groups = self.param_groups
         stepped = [[p for p in g["params"] if p.grad is not None] for g in groups]
-        grads = [p.grad for ps in stepped for p in ps]
+        every = [p for g in groups for p in g["params"]]
         old_lrs = self._effective_lrs()
         origin = [[p.detach().clone() for p in ps] for ps in stepped]  # w_t
         # Adapting: one inner step at lr 1 gives d itself. Influence only: the inner step at the
@@ -935,9 +936,14 @@ class GeNAdaPEFT(Optimizer):
             out = []
             for coeffs in coefficients:
                 line.move(coeffs)
-                out.append(self._evaluate(closure, batch, rng, grads))
+                out.append(self._evaluate(closure, batch, rng, every))
             return out
 
+        # The training gradients are set aside while the closure runs, so a closure that calls
+        # backward() (under enable_grad) cannot change them; they are put back whatever happens.
+        set_aside = [p.grad for p in every]
+        for p in every:
+            p.grad = None
         try:
             buffers.__enter__()
             points = [[0.0] * len(groups)]
@@ -965,6 +971,8 @@ class GeNAdaPEFT(Optimizer):
                         torch._foreach_copy_(ps, saved)
             done = True
         finally:
+            for p, g in zip(every, set_aside):
+                p.grad = g
             buffers.__exit__()
             rng.restore()
             if not done:
