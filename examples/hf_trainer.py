@@ -1,7 +1,7 @@
 """GeNAdaPEFT inside a plain HF ``Trainer``: Newton learning rates and APPI per group, then
 masked mode halfway through, all offline (a tiny GPT-2 built from a config, synthetic data).
 
-    python examples/hf_trainer.py                  # ~30 s on 2 CPU cores
+    python examples/hf_trainer.py                  # 80 Trainer steps of a 2-layer GPT-2, on CPU
     python examples/hf_trainer.py --steps 200 --budget 0.1
 
 The Trainer calls ``optimizer.step()`` with no closure and never shows the optimizer a batch;

@@ -11,7 +11,7 @@
 Offline: the package's synthetic task; the pre-trained weights are cached under
 ~/.cache/adapeft_optim (or $ADAPEFT_CACHE) after the first run.
 
-    python examples/transfer.py                      # ~1 minute on 2 CPU cores
+    python examples/transfer.py                      # probe a small GPT-2, train a larger one, on CPU
     python examples/transfer.py --steps 4 --small tiny --large tiny --pretrain-steps 4
 """
 
