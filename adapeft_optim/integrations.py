@@ -628,7 +628,7 @@ def _callback_class() -> type:
                 return
             if opt.mask_at_budget(self.budget, self.method) is not None:
                 self.masked_at = state.global_step
-            elif any(r["accepted"] for r in opt.history):
+            elif any(r["case"] is not None for r in opt.history):
                 self._mask_step = None  # no group fits the budget: keep training every group
 
         def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):

@@ -1151,7 +1151,7 @@ class GeNAdaPEFT(Optimizer):
         """
         from .selection import select_groups
 
-        if not self._any_accepted():
+        if not self._any_valued():
             raise RuntimeError(
                 "select() needs at least one valued probe (a finite, parabola-shaped line); run more steps "
                 "(probes happen every "
@@ -1190,7 +1190,7 @@ class GeNAdaPEFT(Optimizer):
         self._apply_mask(names)
         self.selection = selection if hasattr(selection, "to_json") else None
 
-    def _any_accepted(self) -> bool:
+    def _any_valued(self) -> bool:
         return any(s["valued"] for s in self._stats.values())
 
     def mask_at_budget(self, budget: float, method: str = "greedy"):
@@ -1203,7 +1203,7 @@ class GeNAdaPEFT(Optimizer):
         Returns:
             The :class:`~adapeft_optim.selection.Selection` now trained, or ``None``.
         """
-        if not self._any_accepted():
+        if not self._any_valued():
             warnings.warn(
                 "masked switch postponed: no probe has been valued yet (see opt.history for the reasons)",
                 RuntimeWarning,
@@ -1248,7 +1248,7 @@ class GeNAdaPEFT(Optimizer):
             self._stable_count = self._stable_count + 1 if ranking == self._ranking else 0
             self._ranking = ranking
             due = due or (self._stable_count >= self.stable_probes and all(s["valued"] for s in self._stats.values()))
-        if due and self.mask_at_budget(self.budget, self.select_method) is None and self._any_accepted():
+        if due and self.mask_at_budget(self.budget, self.select_method) is None and self._any_valued():
             self.budget = None  # nothing fits: keep training every group, stop trying
 
     # -- checkpoints ----------------------------------------------------------------------------
