@@ -814,7 +814,8 @@ class GeNAdaPEFT(Optimizer):
             raise TypeError(f"closure must be callable, got {type(closure).__name__}")
         if self._mask is not None and not self.freeze:
             self._drop_masked_grads()
-        if all(lr == 0.0 for lr in self._effective_lrs()):
+        lrs = self._effective_lrs()
+        if all(lr == 0.0 for lr in lrs):
             # A step that moves nothing (torch.distributed.checkpoint's state initialisation sets
             # every lr to 0; a schedule at 0): the inner step alone, not probed, not counted.
             _step_without_global_hooks(self.optimizer)
@@ -833,7 +834,7 @@ class GeNAdaPEFT(Optimizer):
                 batch = self._next_probe_batch() if self.probe_data is not None else _NO_BATCH
                 loss = self._probe_step(closure, batch)
             else:
-                self._inner_step(self._effective_lrs())
+                self._inner_step(lrs)
                 self._step += 1
         self._maybe_switch(probed=probing)
         return loss
