@@ -17,8 +17,8 @@ The pieces (used by ``test_bench_realmodel.py``):
   (``task_type="SEQ_CLS"``, rank 8 on query/value), every parameter trainable, seeded init of
   the classifier head and the LoRA factors; ``layers=2`` keeps the first 2 layers (the proxy);
 - :func:`probe`: GeNAdaPEFT over all 7 groups (AdamW inside), its APPI, requires and history;
-- :func:`train_subset`: train exactly the given groups from the initial weights with AdamW and
-  evaluate test accuracy and loss.
+- :func:`train_subset`: train exactly the given groups from the initial weights with AdamW (one
+  lr, or one per group) and evaluate test accuracy and loss.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import io
 import math
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -283,14 +283,15 @@ def train_subset(
     seed: int,
     steps: int,
     batch: int,
-    lr: float,
+    lr: float | Mapping[str, float],
 ) -> dict[str, Any]:
-    """Train exactly ``groups`` (AdamW, constant ``lr``) from ``init`` on seed ``seed``'s batches;
-    test accuracy and loss. The empty subset is evaluated untrained."""
+    """Train exactly ``groups`` (AdamW, constant lr: one for all, or group -> lr) from ``init`` on
+    seed ``seed``'s batches; test accuracy and loss. The empty subset is evaluated untrained."""
     from adapeft_optim import apply_selection
 
     model.load_state_dict(init)
     chosen = apply_selection(model, list(groups))
+    lrs = {g: float(lr[g]) if isinstance(lr, Mapping) else float(lr) for g in chosen}
     params = [p for ps in chosen.values() for p in ps]
     trainable = sum(p.numel() for p in params)
     model.train()
@@ -298,7 +299,11 @@ def train_subset(
     start = time.perf_counter()
     losses: list[float] = []
     if params:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
+        opt = torch.optim.AdamW(
+            [{"params": ps, "lr": lrs[g]} for g, ps in chosen.items() if ps],
+            lr=max(lrs.values()),
+            weight_decay=WEIGHT_DECAY,
+        )
         for b in data.train_batches(seed, steps, batch):
             loss = model(**b).loss
             loss.backward()
@@ -312,7 +317,7 @@ def train_subset(
         {
             "seed": seed,
             "groups": list(groups),
-            "lr": lr if params else None,
+            "lrs": lrs,
             "trainable": trainable,
             "seconds": seconds,
             "train_loss_last": sum(tail) / len(tail) if tail else math.nan,

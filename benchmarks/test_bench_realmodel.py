@@ -13,11 +13,13 @@ are optional (the ``bench`` extra); without them every test here is skipped.
   7 groups for ``PROBE_STEPS`` steps (10% of ``STEPS``); APPI, requires, probe acceptance.
 - ``test_realmodel_proxy_probe``: the same on a proxy made of the first 2 of the 6 layers.
 - ``test_realmodel_train[seed]``: every configuration of the plan, trained from the same
-  initial weights on the same batches of that seed with AdamW (constant lr: ``LR_PEFT`` for
-  subsets without base weight matrices, ``LR_FULL`` for those with ``embed`` or ``others``):
+  initial weights on the same batches of that seed with AdamW (constant lr, per group and the
+  same in every configuration: ``LR_FULL`` 5e-5 for the base weight matrices ``embed`` and
+  ``others``, ``LR_PEFT`` 1e-3 for lora_A, lora_B, head, norm, bias):
   every greedy prefix and the exact (and greedy) choices at 0.1%, 1%, 10% of the seed-0 probe,
-  the fixed recipes, and the transfers from the proxy (re-solved with ``transfer_selection``
-  and name-based). Test accuracy and loss after ``STEPS`` steps.
+  the fixed recipes (full fine-tuning twice: per-group lrs, and the classic one lr 5e-5), and the
+  transfers from the proxy (re-solved with ``transfer_selection`` and name-based). Test accuracy
+  and loss after ``STEPS`` steps.
 - ``test_realmodel_report``: the tables (accuracy and loss mean ± std over seeds vs % params),
   the empirical frontier, the transfer comparison, the acceptance checks, the plot.
 
@@ -68,7 +70,10 @@ BATCH = _env_int("ADAPEFT_REALMODEL_BATCH", 32)
 THREADS = _env_int("ADAPEFT_REALMODEL_THREADS", 2)
 PROBE_LR, LAZY = 1e-4, 2
 LR_PEFT, LR_FULL = 1e-3, 5e-5
-DENSE = ("embed", "others")  # base weight matrices: a subset holding one trains at LR_FULL
+DENSE = ("embed", "others")  # base weight matrices: LR_FULL; every other group LR_PEFT
+# A group trains at the same lr in every configuration ("per-group"), so configurations differ only
+# in which groups train; full fine-tuning is also run the classic way, one lr for everything.
+PER_GROUP, SINGLE = "per-group", "single"
 BUDGETS = (0.001, 0.01, 0.1)
 PROXY_LAYERS = 2
 ACCEPTANCE_GOAL = 0.9
@@ -80,6 +85,7 @@ RECIPES = {
     "linear probing": ("head",),
     "full fine-tuning": GROUP_NAMES,
 }
+SINGLE_LR_RECIPES = {f"full fine-tuning, one lr {LR_FULL:g}": GROUP_NAMES}
 
 OUT = Path(__file__).resolve().parents[1] / ".benchmarks"
 RESULTS = OUT / "realmodel.json"
@@ -119,7 +125,9 @@ def env(request):
                 "lazy": LAZY,
                 "lr_peft": LR_PEFT,
                 "lr_full": LR_FULL,
-                "lr_full_when": f"subset trains {' or '.join(DENSE)}",
+                "lr_full_on": list(DENSE),
+                "lr_scheme": "per group: the same lr for a group in every configuration; full fine-tuning "
+                "also at one lr (lr_full) for everything",
                 "optimizer": f"AdamW, weight_decay {R.WEIGHT_DECAY}, constant lr",
                 "model": f"all-MiniLM-L6-v2 from {R.model_path()}",
                 "lora": R.LORA,
@@ -147,9 +155,18 @@ def _record(section: str, figures) -> None:
     TABLES.write_text("\n\n".join(_S["tables"].values()) + "\n")
 
 
-def _key(groups) -> tuple:
+def _key(groups, scheme: str = PER_GROUP) -> tuple:
+    """A configuration: (groups in GROUP_NAMES order, lr scheme)."""
     groups = set(groups)
-    return tuple(g for g in GROUP_NAMES if g in groups)
+    return tuple(g for g in GROUP_NAMES if g in groups), scheme
+
+
+def _desc(key) -> dict:
+    return {"groups": list(key[0]), "lr_scheme": key[1]}
+
+
+def _name(key) -> str:
+    return ("+".join(key[0]) or "(none, untrained)") + (f" (one lr {LR_FULL:g})" if key[1] == SINGLE else "")
 
 
 def _model(seed: int, layers=None):
@@ -199,11 +216,11 @@ def _plan(data) -> dict:
     plan: dict = {}
     roles: dict = {}
 
-    def add(groups, label, role):
-        key = _key(groups)
-        entry = plan.setdefault(key, {"groups": list(key), "labels": []})
+    def add(groups, label, role, scheme=PER_GROUP):
+        key = _key(groups, scheme)
+        entry = plan.setdefault(key, {**_desc(key), "labels": []})
         entry["labels"].append(label)
-        roles.setdefault(role, {})[label] = list(key)
+        roles.setdefault(role, {})[label] = key
 
     for i, point in enumerate(pareto_frontier(appi, numel, "greedy", requires=requires)):
         add(point.groups, f"greedy prefix {i}", "prefixes")
@@ -212,6 +229,8 @@ def _plan(data) -> dict:
             add(_select(appi, numel, b, method, requires).groups, f"{method} {100 * b:g}%", "selections")
     for name, groups in RECIPES.items():
         add(groups, name, "recipes")
+    for name, groups in SINGLE_LR_RECIPES.items():
+        add(groups, name, "recipes", SINGLE)
     target, _ = _model(0)  # a fresh adapter: lora_A requires lora_B, read off the tensors
     for b in BUDGETS:
         resolved = transfer_selection(proxy["appi"], target, b, "exact", source_numel=proxy["numel"])
@@ -224,9 +243,9 @@ def _plan(data) -> dict:
         {
             "numel": numel,
             "total": sum(numel.values()),
-            "roles": roles,
+            "roles": {role: {lab: _desc(k) for lab, k in labs.items()} for role, labs in roles.items()},
             "subsets": [
-                {"groups": v["groups"], "labels": v["labels"], "fraction": _fraction(k, numel), "lr": _lr(k)}
+                {**_desc(k), "labels": v["labels"], "fraction": _fraction(k[0], numel), "lrs": _lrs(k)}
                 for k, v in plan.items()
             ],
         },
@@ -234,19 +253,30 @@ def _plan(data) -> dict:
     return plan
 
 
-def _lr(groups) -> float:
-    return LR_FULL if any(g in DENSE for g in groups) else LR_PEFT
+def _lrs(key) -> dict:
+    """group -> training lr of configuration ``key``."""
+    groups, scheme = key
+    return {g: LR_FULL if scheme == SINGLE or g in DENSE else LR_PEFT for g in groups}
+
+
+def _lr_text(key) -> str:
+    lrs = _lrs(key)
+    if not lrs:
+        return "-"
+    by_lr: dict = {}
+    for g, lr in lrs.items():
+        by_lr.setdefault(lr, []).append(g)
+    if len(by_lr) == 1:
+        return f"{next(iter(by_lr)):g}"
+    return ", ".join(f"{lr:g} ({'+'.join(gs)})" for lr, gs in sorted(by_lr.items()))
 
 
 def _train(data, key, seed: int):
     if (key, seed) not in _S["runs"]:
         model, init = _model(seed)
-        r = R.train_subset(model, init, key, data, seed=seed, steps=STEPS, batch=BATCH, lr=_lr(key))
+        r = R.train_subset(model, init, key[0], data, seed=seed, steps=STEPS, batch=BATCH, lr=_lrs(key))
         _S["runs"][(key, seed)] = r
-        _log(
-            f"train seed={seed} {'+'.join(key) or '(none)'}: acc {r['accuracy']:.4f} loss {r['loss']:.4f} "
-            f"{r['seconds']:.1f}s"
-        )
+        _log(f"train seed={seed} {_name(key)}: acc {r['accuracy']:.4f} loss {r['loss']:.4f} {r['seconds']:.1f}s")
     return _S["runs"][(key, seed)]
 
 
@@ -312,11 +342,12 @@ def _summaries(data) -> list:
         loss, loss_sd = _stats([r["loss"] for r in runs])
         rows.append(
             {
-                "groups": list(key),
+                "key": key,
+                **_desc(key),
                 "labels": entry["labels"],
-                "fraction": _fraction(key, numel),
-                "params": sum(numel[g] for g in key),
-                "lr": _lr(key) if key else None,
+                "fraction": _fraction(key[0], numel),
+                "params": sum(numel[g] for g in key[0]),
+                "lr": _lr_text(key),
                 "accuracy": acc,
                 "accuracy_std": acc_sd,
                 "loss": loss,
@@ -326,7 +357,7 @@ def _summaries(data) -> list:
                 "seconds_per_step": statistics.fmean(r["seconds"] for r in runs) / STEPS,
             }
         )
-    rows.sort(key=lambda r: (r["fraction"], r["groups"]))
+    rows.sort(key=lambda r: (r["fraction"], r["key"][1], r["groups"]))
     return rows
 
 
@@ -344,9 +375,8 @@ def _frontier(rows, metric: str = "accuracy") -> list:
     return [r for r in rows if not any(o is not r and beats(o, r) for o in rows)]
 
 
-def _row_of(rows, groups):
-    key = list(_key(groups))
-    return next(r for r in rows if r["groups"] == key)
+def _row_of(rows, key):
+    return next(r for r in rows if r["key"] == key)
 
 
 def _checks(rows) -> dict:
@@ -370,8 +400,8 @@ def _checks(rows) -> dict:
     # Every selection at 0.1/1/10% within one seed-std of the best trained subset of at most its size.
     eps = 1e-12
     within = []
-    for label, groups in {**_S["roles"]["selections"], **_S["roles"]["transfers"]}.items():
-        sel = _row_of(rows, groups)
+    for label, key in {**_S["roles"]["selections"], **_S["roles"]["transfers"]}.items():
+        sel = _row_of(rows, key)
         pool = [r for r in rows if r["fraction"] <= sel["fraction"] + eps]
         best = max(pool, key=lambda r: r["accuracy"])
         sd = max(sel["accuracy_std"], best["accuracy_std"])
@@ -379,10 +409,10 @@ def _checks(rows) -> dict:
         within.append(
             {
                 "selection": label,
-                "groups": groups,
+                "groups": sel["groups"],
                 "fraction": sel["fraction"],
                 "accuracy": sel["accuracy"],
-                "best": best["groups"],
+                "best": _name(best["key"]),
                 "best_labels": best["labels"],
                 "best_accuracy": best["accuracy"],
                 "gap": gap,
@@ -394,10 +424,10 @@ def _checks(rows) -> dict:
     # No fixed recipe beats an AdaPEFT point by more than one seed-std, at no larger size.
     ada = {**_S["roles"]["prefixes"], **_S["roles"]["selections"]}
     beaten = []
-    for name, rgroups in _S["roles"]["recipes"].items():
-        rec = _row_of(rows, rgroups)
-        for label, groups in ada.items():
-            pt = _row_of(rows, groups)
+    for name, rkey in _S["roles"]["recipes"].items():
+        rec = _row_of(rows, rkey)
+        for label, key in ada.items():
+            pt = _row_of(rows, key)
             sd = max(rec["accuracy_std"], pt["accuracy_std"])
             if rec["fraction"] <= pt["fraction"] + eps and rec["accuracy"] - pt["accuracy"] > sd:
                 beaten.append(
@@ -406,7 +436,7 @@ def _checks(rows) -> dict:
                         "recipe_fraction": rec["fraction"],
                         "recipe_accuracy": rec["accuracy"],
                         "point": label,
-                        "point_groups": groups,
+                        "point_groups": pt["groups"],
                         "point_fraction": pt["fraction"],
                         "point_accuracy": pt["accuracy"],
                         "margin": rec["accuracy"] - pt["accuracy"],
@@ -478,7 +508,7 @@ def _plot(rows, front, untrained, majority):
         ):
             for lab in names:
                 g = roles["selections"].get(lab) or roles["recipes"].get(lab)
-                marked.setdefault(tuple(g), []).append((kind, lab))
+                marked.setdefault(g, []).append((kind, lab))
         for i, (g, labs) in enumerate(sorted(marked.items(), key=lambda kv: _row_of(rows, kv[0])["fraction"])):
             r = _row_of(rows, g)
             x, y = 100 * r["fraction"], r[metric]
@@ -529,22 +559,22 @@ def test_realmodel_report(benchmark, env):
     benchmark.group = "realmodel-report"
     rows, front, checks = benchmark.pedantic(report, rounds=1, iterations=1)
     numel = _S["probes"][(0, None)]["numel"]
-    untrained = _row_of(rows, ())
+    untrained = _row_of(rows, _key(()))
     majority = data.describe()["majority_test_accuracy"]
-    in_front = {tuple(r["groups"]) for r in front}
+    in_front = {r["key"] for r in front}
 
     table = _md(
         ["subset", "labels", "% params", "lr", "accuracy ± std", "loss ± std", "s/step", "frontier"],
         [
             [
-                "+".join(r["groups"]) or "(none, untrained)",
+                _name(r["key"]),
                 "; ".join(r["labels"]),
                 _pct(r["fraction"]),
-                f"{r['lr']:g}" if r["lr"] else "-",
+                r["lr"],
                 f"{r['accuracy']:.4f} ± {r['accuracy_std']:.4f}",
                 f"{r['loss']:.4f} ± {r['loss_std']:.4f}",
                 f"{r['seconds_per_step']:.3f}",
-                "*" if tuple(r["groups"]) in in_front else "",
+                "*" if r["key"] in in_front else "",
             ]
             for r in rows
         ],
@@ -629,7 +659,7 @@ def test_realmodel_report(benchmark, env):
     ]
     check_lines += [
         f"  - {w['selection']} ({'+'.join(w['groups'])}, {_pct(w['fraction'])}): {w['accuracy']:.4f} vs "
-        f"best {w['best_accuracy']:.4f} ({'+'.join(w['best']) or '-'}), gap {w['gap']:+.4f}, "
+        f"best {w['best_accuracy']:.4f} ({w['best']}), gap {w['gap']:+.4f}, "
         f"std {w['std']:.4f}: {'ok' if w['holds'] else 'NO'}"
         for w in near["rows"]
     ]
@@ -648,8 +678,9 @@ def test_realmodel_report(benchmark, env):
     head = (
         f"## Real model: all-MiniLM-L6-v2 + LoRA, VADER polarity ({SEEDS} seeds x {STEPS} steps, batch "
         f"{BATCH}, {setup['threads']} threads)\n\ntest set {setup['data']['test']} entries, majority "
-        f"class {majority:.4f}; AdamW lr {LR_PEFT:g} (PEFT subsets), {LR_FULL:g} (subsets with embed or "
-        f"others); probe phase {PROBE_STEPS} steps, lr {PROBE_LR:g}, lazy {LAZY}"
+        f"class {majority:.4f}; AdamW (weight decay {R.WEIGHT_DECAY:g}, constant lr) with lr {LR_FULL:g} on "
+        f"{' and '.join(DENSE)} and {LR_PEFT:g} on every other group, in every configuration (and full "
+        f"fine-tuning once more at one lr {LR_FULL:g}); probe phase {PROBE_STEPS} steps, lr {PROBE_LR:g}, lazy {LAZY}"
     )
     _S["tables"]["realmodel"] = "\n\n".join(
         [
@@ -663,10 +694,15 @@ def test_realmodel_report(benchmark, env):
         ]
     )
     _record("probes", [{k: v for k, v in p.items()} for _, p in probes])
-    _record("runs", [{"groups": list(k), **v} for (k, _), v in sorted(_S["runs"].items(), key=lambda kv: kv[0])])
+    _record("runs", [{**_desc(k), **v} for (k, _), v in sorted(_S["runs"].items(), key=lambda kv: kv[0])])
     _record(
         "summary",
-        {"rows": rows, "frontier": [r["groups"] for r in front], "untrained": untrained, "majority_accuracy": majority},
+        {
+            "rows": rows,
+            "frontier": [_name(r["key"]) for r in front],
+            "untrained": untrained,
+            "majority_accuracy": majority,
+        },
     )
     _record("checks", checks)
     pytest.importorskip("matplotlib")
