@@ -21,7 +21,10 @@ are optional (the ``bench`` extra); without them every test here is skipped.
   transfers from the proxy (re-solved with ``transfer_selection`` and name-based). Test accuracy
   and loss after ``STEPS`` steps.
 - ``test_realmodel_report``: the tables (accuracy and loss mean ± std over seeds vs % params),
-  the empirical frontier, the transfer comparison, the acceptance checks, the plot.
+  the empirical frontier, the transfer comparison, the acceptance checks, the plot. Asserts
+  probe acceptance >= 90%; at the default scale (>= 3 seeds, >= 200 steps) also that every
+  selection lies within one seed-std of the best trained subset of at most its size and that
+  no fixed recipe beats an AdaPEFT point by more than one seed-std at no larger size.
 
 Results: ``.benchmarks/realmodel.json`` (everything), ``.benchmarks/realmodel.md`` (the tables,
 also printed at the end) and ``.benchmarks/realmodel.png``. Knobs (environment):
@@ -467,9 +470,17 @@ def _plot(rows, front, untrained, majority):
     import matplotlib.pyplot as plt
 
     roles = _S["roles"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.6))
     trained = [r for r in rows if r["fraction"] > 0]
-    for ax, metric, label in ((axes[0], "accuracy", "test accuracy"), (axes[1], "loss", "test loss (nats)")):
+    # The middle panel zooms on the subsets from the smallest exact selection up.
+    smallest = min(_row_of(rows, k)["fraction"] for k in roles["selections"].values())
+    zoom = [r for r in trained if r["fraction"] >= smallest] or trained
+    panels = (
+        (axes[0], "accuracy", "test accuracy", False),
+        (axes[1], "accuracy", "test accuracy (zoom)", True),
+        (axes[2], "loss", "test loss (nats)", False),
+    )
+    for ax, metric, label, zoomed in panels:
         x = [100 * r["fraction"] for r in trained]
         ax.errorbar(
             x,
@@ -516,6 +527,8 @@ def _plot(rows, front, untrained, majority):
                 ax.plot(x, y, "*", ms=15, color="tab:red", mfc="none")
             if any(k == "recipe" for k, _ in labs):
                 ax.plot(x, y, "s", ms=9, color="tab:orange", mfc="none")
+            if ax is axes[0]:
+                continue
             ax.annotate(
                 ", ".join(lab for _, lab in labs),
                 (x, y),
@@ -529,9 +542,14 @@ def _plot(rows, front, untrained, majority):
             r = _row_of(rows, g)
             if r["fraction"] > 0:
                 ax.plot(100 * r["fraction"], r[metric], "x", ms=8, color="tab:purple")
-        ax.axhline(untrained[metric], ls=":", color="0.3", lw=1, label="untrained (0%)")
-        if metric == "accuracy":
-            ax.axhline(majority, ls="--", color="0.5", lw=1, label="majority class")
+        if zoomed:
+            low = min(r[metric] - r[metric + "_std"] for r in zoom)
+            high = max(r[metric] + r[metric + "_std"] for r in zoom)
+            ax.set_ylim(low - 0.1 * (high - low), high + 0.1 * (high - low))
+        else:
+            ax.axhline(untrained[metric], ls=":", color="0.3", lw=1, label="untrained (0%)")
+            if metric == "accuracy":
+                ax.axhline(majority, ls="--", color="0.5", lw=1, label="majority class")
         ax.set_xscale("log")
         ax.set_xlabel("% of parameters trained (log)")
         ax.set_ylabel(label)
@@ -540,6 +558,7 @@ def _plot(rows, front, untrained, majority):
     axes[0].plot([], [], "s", color="tab:orange", mfc="none", label="fixed recipe")
     axes[0].plot([], [], "x", color="tab:purple", label="transfer from 2-layer proxy")
     axes[0].legend(fontsize=7, loc="lower right")
+    axes[1].set_xlim(left=100 * smallest / 2)
     fig.suptitle(f"all-MiniLM-L6-v2 + LoRA on VADER polarity: {SEEDS} seeds x {STEPS} steps, batch {BATCH}")
     fig.tight_layout()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -709,4 +728,10 @@ def test_realmodel_report(benchmark, env):
     _plot(rows, front, untrained, majority)
     assert PLOT.is_file()
     assert all(math.isfinite(r["accuracy"]) and math.isfinite(r["loss"]) for r in rows)
+    # The acceptance points (they held in the measured run: .benchmarks/realmodel.md). The two that
+    # compare trained accuracies are seed statistics, checked at the default scale only.
+    assert acc["holds"], acc
+    if SEEDS >= 3 and STEPS >= 200:
+        assert near["holds"], [w for w in near["rows"] if not w["holds"]]
+        assert rec["holds"], rec["violations"]
     benchmark.extra_info.update(acceptance=f"{100 * acc['share']:.1f}%", near_best=near["holds"], recipes=rec["holds"])
