@@ -334,11 +334,10 @@ def make_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
 
 
-def save_tiny_model(folder, tokenizer=True):
-    from transformers import GPT2Config, GPT2LMHeadModel
+def tiny_gpt2_config(tok, **overrides):
+    from transformers import GPT2Config
 
-    tok = make_tokenizer()
-    config = GPT2Config(
+    return GPT2Config(
         vocab_size=len(tok),
         n_positions=32,
         n_embd=32,
@@ -347,8 +346,15 @@ def save_tiny_model(folder, tokenizer=True):
         tie_word_embeddings=False,
         bos_token_id=2,
         eos_token_id=2,
-        pad_token_id=1,
+        **overrides,
     )
+
+
+def save_tiny_model(folder, tokenizer=True):
+    from transformers import GPT2LMHeadModel
+
+    tok = make_tokenizer()
+    config = tiny_gpt2_config(tok, pad_token_id=1)
     GPT2LMHeadModel(config).save_pretrained(folder)
     if tokenizer:
         tok.save_pretrained(folder)
@@ -686,21 +692,11 @@ def test_select_encoder_on_text_alone(tiny_encoder, lm_data, tmp_path, capsys):
 
 
 def test_select_causal_lm_without_its_head(lm_data, tmp_path, capsys):
-    from transformers import GPT2Config, GPT2Model
+    from transformers import GPT2Model
 
     folder = tmp_path / "headless"
     tok = make_tokenizer()
-    config = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=32,
-        n_embd=32,
-        n_layer=1,
-        n_head=2,
-        tie_word_embeddings=False,
-        bos_token_id=2,
-        eos_token_id=2,
-    )
-    GPT2Model(config).save_pretrained(folder)
+    GPT2Model(tiny_gpt2_config(tok)).save_pretrained(folder)
     tok.save_pretrained(folder)
     capsys.readouterr()
     assert select(folder, lm_data, tmp_path / "out") == 2
