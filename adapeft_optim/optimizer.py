@@ -211,18 +211,33 @@ def _loss_rtol(dtype: torch.dtype) -> float:
 
 # Note [Divergence guard]
 # ~~~~~~~~~~~~~~~~~~~~~~~
-# The probe losses L0 of the last _GUARD_WINDOW probes are kept. When L0 turns non-finite, or
-# jumps more than _GUARD_SD robust standard deviations (1.4826 · median absolute deviation)
-# above their median (after _GUARD_WARMUP probes: batch-to-batch noise and a falling loss
-# widen the band, so only a real jump passes), every probed group's lr is divided by max_change (from the lower of its
-# old and proposed value) and a warning names the groups: lrs shrink, never freeze at exploded
-# values (a non-finite loss rejects every fit, and without the guard nothing would move them).
+# The probe losses L0 of the last _GUARD_WINDOW probes are kept. When L0 turns non-finite, or jumps
+# more than _GUARD_SD robust standard deviations (1.4826 · median absolute deviation) above their
+# median (after _GUARD_WARMUP probes: batch-to-batch noise and a falling loss widen the band, so
+# only a real jump passes), every moving group's lr is divided by max_change (from the lower of its
+# old and proposed value) and probed again at the next probe step and a warning names the groups:
+# lrs shrink, never freeze at exploded values (a non-finite loss rejects every fit, and without the
+# guard nothing would move them).
 
 _NO_BATCH = object()  # the closure takes no argument (no probe_data)
 _JOINT_SCALES = (-1.0, 1.0)  # joint check: symmetric stencil around the shared L0
 _GUARD_SD = 6.0
 _GUARD_WARMUP = 6
 _GUARD_WINDOW = 16
+_SETTLED_MOVE = 0.05
+
+# Note [Settled groups]
+# ~~~~~~~~~~~~~~~~~~~~~
+# A group's probe costs len(scales) forwards, and most of a run's probes confirm what the last one
+# said. A group is settled when its fit is accepted and the Newton update it proposes moves the lr
+# by at most _SETTLED_MOVE (5%: b/A within ~1.5x of the step in use at the default smoothing, or the
+# lr pinned at max_lr_factor); each settled probe doubles the number of probe steps until its next
+# probe, up to max_interval; a non-positive slope (no lr information) keeps the interval, and any
+# other outcome (rejected, a larger move, the divergence guard) probes it at the next probe step. A
+# probe stands for the probe steps of its interval: its PPI enters APPI with that weight (record
+# "weight"), so APPI still sums one PPI per probe step. Which groups are due depends on the fits
+# alone, which every rank computes from the same reduced losses, so ranks always probe the same
+# groups. The joint check and the guard cover every moving group.
 
 
 # Note [State in the param groups]
@@ -236,7 +251,17 @@ _GUARD_WINDOW = 16
 # special entry. Values are replaced, never mutated in place (a state_dict() shares them).
 # The probe history is a bounded log (history_size records), not state.
 
-_GROUP_START = {"factor": 1.0, "spacing": 1.0, "appi": 0.0, "probes": 0, "accepted": 0, "valued": 0, "requires": ()}
+_GROUP_START = {
+    "factor": 1.0,
+    "spacing": 1.0,
+    "appi": 0.0,
+    "probes": 0,
+    "accepted": 0,
+    "valued": 0,
+    "requires": (),
+    "interval": 1,  # probe steps the group's next probe stands for (Note [Settled groups])
+    "due": 0,  # the probe step (step // lazy) at which it is next probed
+}
 _SHARED_START = {
     "step": 0,
     "probe_count": 0,
@@ -253,7 +278,7 @@ class _GroupStats(MutableMapping):
     """A named group's ``adapeft_*`` values, read from its first param group, written to all."""
 
     __slots__ = ("_groups",)
-    _KEYS = ("factor", "spacing", "appi", "probes", "accepted", "valued")
+    _KEYS = ("factor", "spacing", "appi", "probes", "accepted", "valued", "interval", "due")
 
     def __init__(self, groups: list[dict]) -> None:
         self._groups = groups
@@ -360,6 +385,10 @@ class _Update:
     guarded: bool = False
     joint_scale: float = 1.0
     joint_t: float = math.nan
+    intervals: dict[str, int] = field(default_factory=dict)  # Note [Settled groups]
+
+    def schedule(self, name: str, interval: int) -> None:
+        self.intervals[name] = interval
 
     def apply_joint(self, result: tuple[float, float], names: Sequence[str]) -> None:
         self.joint_scale, self.joint_t = result
@@ -439,6 +468,10 @@ class GeNAdaPEFT(Optimizer):
         adapt_lr: ``False`` measures influence only: probes and APPI as usual, while every lr
             and the trajectory stay those of the bare inner optimizer, bit for bit
             (default: True).
+        max_interval: a settled group (accepted fit whose Newton update would move the lr by
+            at most 5%) is probed at every 2nd, then 4th, ... probe step up to this, its PPI weighted
+            by the interval (Note [Settled groups]); 1 probes every group at every probe step
+            (default: 4).
 
     Example:
         >>> groups = group_parameters(model)
@@ -472,6 +505,7 @@ class GeNAdaPEFT(Optimizer):
         max_lr_factor: float = 10.0,
         joint_check: bool = True,
         adapt_lr: bool = True,
+        max_interval: int = 4,
     ) -> None:
         if isinstance(optimizer, GeNAdaPEFT):
             raise TypeError("optimizer is already a GeNAdaPEFT; wrap the inner optimizer once")
@@ -548,6 +582,9 @@ class GeNAdaPEFT(Optimizer):
         self.adapt_lr = bool(adapt_lr)
         self._probe_data = probe_data
         self._probe_iter: Iterator[Any] | None = None
+        if isinstance(max_interval, bool) or not isinstance(max_interval, int) or max_interval < 1:
+            raise ValueError(f"Invalid max_interval: {max_interval!r}; use an int >= 1 (1: every group every probe)")
+        self.max_interval = max_interval
         if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
             raise ValueError(f"Invalid history_size: {history_size!r}; use an int >= 0 (records kept)")
         self.history_size = history_size
@@ -920,14 +957,15 @@ class GeNAdaPEFT(Optimizer):
                     torch._foreach_zero_(d)
             dirs.append(d)
         line = _Line(stepped, origin, dirs)
-        names = [
+        moving = [
             n
             for n in self._stats
             if self._active(n) and any(ps for g, ps in zip(groups, stepped) if g["adapeft_name"] == n)
         ]
+        step = self._step
+        names = [n for n in moving if self._stats[n]["due"] <= step // self.lazy]  # Note [Settled groups]
 
         # The inner optimizer has stepped: the step counts even if a probe forward fails.
-        step = self._step
         self._step += 1
         rng = _RNGState()
         buffers = _KeepBuffers()
@@ -957,12 +995,14 @@ class GeNAdaPEFT(Optimizer):
             losses = losses_at(points)
             values = self._reduce(torch.stack([v.to(torch.float64) for v in losses]))
             update = self._fit_groups(step, names, values, losses[0].dtype)
-            if self.adapt_lr and self.joint_check and names and math.isfinite(update.L0):
+            if self.adapt_lr:
+                self._guard(update, moving)
+            if self.adapt_lr and self.joint_check and moving and math.isfinite(update.L0):
                 # Note [The joint step]: the step about to be taken, all groups together.
                 new_lrs = [update.factors[g["adapeft_name"]] * _lr_value(g) for g in groups]
                 joint = losses_at([[t * lr for lr in new_lrs] for t in _JOINT_SCALES])
                 jvalues = self._reduce(torch.stack([v.to(torch.float64) for v in joint]))
-                update.apply_joint(self._joint_scale(update.L0, jvalues, update.noise), names)
+                update.apply_joint(self._joint_scale(update.L0, jvalues, update.noise), moving)
             self._commit(update)
             if unit:
                 line.move(self._effective_lrs())
@@ -1018,16 +1058,17 @@ class GeNAdaPEFT(Optimizer):
             lr_ref = st["factor"] * _lr_value(first)
             factor, new_spacing = st["factor"], spacing
             ppi, case = self._influence(fit, reason, numel[name])
+            settled = False
             if reason is None:
+                # The Newton lr lives in base-lr units and moves towards η* = b/A; the schedule's
+                # factor lr/base_lr multiplies it afterwards (§4.2), so a decaying schedule decays
+                # the Newton lr instead of being undone by it. b/A is in units of the current
+                # effective step, i.e. of factor · schedule.
+                target = st["factor"] * schedule * fit.b / fit.A
+                proposed = min(newton_update(st["factor"], target, self.smoothing, self.max_change), self.max_lr_factor)
+                settled = abs(proposed / st["factor"] - 1.0) <= _SETTLED_MOVE  # Note [Settled groups]
                 if self.adapt_lr:
-                    # The Newton lr lives in base-lr units and moves towards η* = b/A; the
-                    # schedule's factor lr/base_lr multiplies it afterwards (§4.2), so a decaying
-                    # schedule decays the Newton lr instead of being undone by it. b/A is in units
-                    # of the current effective step, i.e. of factor · schedule.
-                    target = st["factor"] * schedule * fit.b / fit.A
-                    factor = min(
-                        newton_update(st["factor"], target, self.smoothing, self.max_change), self.max_lr_factor
-                    )
+                    factor = proposed
                 if fit.A > _NARROW_SNR * fit.se_A:
                     new_spacing = max(spacing / 2.0, 1.0)
             elif reason == "curvature below noise":
@@ -1039,7 +1080,11 @@ class GeNAdaPEFT(Optimizer):
                 new_spacing = max(spacing / 4.0, 1.0)
             update.factors[name] = factor
             update.spacings[name] = new_spacing
-            update.ppi[name] = ppi
+            if settled:
+                update.schedule(name, min(2 * st["interval"], self.max_interval))
+            else:  # a descent-free line says nothing of the lr: the interval stays
+                update.schedule(name, st["interval"] if reason == "non-positive slope" else 1)
+            update.ppi[name] = ppi * st["interval"]
             # b, A per unit lr (d = update / lr), as the math writes them; PPI is scale-free.
             update.records[name] = {
                 "step": step,
@@ -1048,14 +1093,13 @@ class GeNAdaPEFT(Optimizer):
                 "A": fit.A / lr_ref**2 if lr_ref else math.nan,
                 "r2": fit.r2,
                 "ppi": ppi,
+                "weight": st["interval"],
                 "case": case,
                 "accepted": reason is None,
                 "reason": reason,
                 "spacing": spacing,
                 "snr": fit.A / fit.se_A if fit.se_A > 0 else (math.inf if fit.A > 0 else 0.0),
             }
-        if self.adapt_lr:
-            self._guard(update, names)
         return update
 
     def _influence(self, fit: Any, reason: str | None, numel: int) -> tuple[float, str | None]:
@@ -1070,7 +1114,7 @@ class GeNAdaPEFT(Optimizer):
         return 2.0 * reduction / numel, case
 
     def _guard(self, update: _Update, names: list[str]) -> None:
-        """Note [Divergence guard]: shrink every probed group's lr when the probe loss jumps."""
+        """Note [Divergence guard]: shrink every moving group's lr when the probe loss jumps."""
         L0, recent = update.L0, self._recent_l0
         why = None
         if not math.isfinite(L0):
@@ -1089,13 +1133,14 @@ class GeNAdaPEFT(Optimizer):
             return
         for name in names:
             update.factors[name] = min(update.factors[name], self._stats[name]["factor"]) / self.max_change
+            update.schedule(name, 1)
         update.guarded = True
         lrs = ", ".join(f"{n}: {self.lrs[n]:.3g}" for n in names)
         warnings.warn(
             f"GeNAdaPEFT step {update.step}: {why}; dividing the lr of every probed group by "
             f"max_change={self.max_change:g} ({lrs}). Lower the starting lr or max_lr_factor if this repeats",
             RuntimeWarning,
-            stacklevel=5,
+            stacklevel=4,
         )
 
     def _joint_scale(self, L0: float, values: np.ndarray, noise: float) -> tuple[float, float]:
@@ -1118,6 +1163,8 @@ class GeNAdaPEFT(Optimizer):
             st["spacing"] = update.spacings[name]
         for name, factor in update.factors.items():
             self._stats[name]["factor"] = factor
+        for name, interval in update.intervals.items():
+            self._stats[name].update(interval=interval, due=update.step // self.lazy + interval)
         if update.recent_l0 is not None:
             self._recent_l0 = tuple(update.recent_l0)
         for name, record in update.records.items():
@@ -1307,9 +1354,12 @@ class GeNAdaPEFT(Optimizer):
                     raise ValueError(
                         f"state_dict['param_groups'][{i}]['adapeft_{key}'] = {value!r}: must be a finite number {bound}"
                     )
-            step = g["adapeft_step"]
-            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-                raise ValueError(f"state_dict['param_groups'][{i}]['adapeft_step'] must be an int >= 0, got {step!r}")
+            for key, low in (("step", 0), ("interval", 1), ("due", 0)):
+                value = g[f"adapeft_{key}"]
+                if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                    raise ValueError(
+                        f"state_dict['param_groups'][{i}]['adapeft_{key}'] must be an int >= {low}, got {value!r}"
+                    )
             mask = g["adapeft_mask"]
             if mask is not None and (isinstance(mask, str) or any(n not in names for n in mask)):
                 raise ValueError(

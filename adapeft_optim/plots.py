@@ -149,6 +149,15 @@ def ppi_matrix(history: Any, groups: Sequence[str] | None = None) -> tuple[list[
         ValueError: a record misses a key, ``groups`` names a group that is not in the
             history or repeats one, or one group has two records at the same step.
     """
+    names, steps, matrix, _ = _ppi_and_weights(history, groups)
+    return names, steps, matrix
+
+
+def _ppi_and_weights(
+    history: Any, groups: Sequence[str] | None
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`ppi_matrix` and, alongside, each cell's weight: the probe steps a probe stands for
+    (record ``weight``; 1 where absent, Note [Settled groups] in optimizer.py)."""
     records = _records(history)
     seen: dict[str, None] = {}
     for rec in records:
@@ -170,15 +179,17 @@ def ppi_matrix(history: Any, groups: Sequence[str] | None = None) -> tuple[list[
     steps = np.array(sorted({rec[0] for rec in kept}), dtype=np.int64)
     col = {int(s): j for j, s in enumerate(steps)}
     matrix = np.full((len(names), len(steps)), np.nan)
+    weights = np.ones(matrix.shape)
     filled = np.zeros(matrix.shape, dtype=bool)
-    for step, group, ppi, valued in kept:
+    for step, group, ppi, valued, weight in kept:
         i, j = row[group], col[step]
         if filled[i, j]:
             raise ValueError(f"group {group!r} has two records at step {step}; pass the history of one run")
         filled[i, j] = True
         if valued and math.isfinite(ppi):
             matrix[i, j] = ppi
-    return names, steps, matrix
+        weights[i, j] = weight
+    return names, steps, matrix, weights
 
 
 def appi_curves(
@@ -186,7 +197,7 @@ def appi_curves(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Accumulated PPI of each group over the probe steps, ``APPI_k(tau)``.
 
-    ``matrix[i, j]`` is the sum of the ``ppi`` of the valued probes of group ``names[i]``
+    ``matrix[i, j]`` is the sum of ``weight · ppi`` over the valued probes of group ``names[i]``
     at steps ``<= steps[j]`` (Note [valued probes]): 0 before the group's first valued probe,
     and carried forward (constant) over probes that were not valued or are missing. With
     ``k=None`` the last column equals the optimizer's ``opt.appi`` for a complete history.
@@ -203,10 +214,10 @@ def appi_curves(
     Returns:
         ``(names, steps, matrix)`` shaped as in :func:`ppi_matrix`.
     """
-    names, steps, ppi = ppi_matrix(history, groups)
+    names, steps, ppi, weights = _ppi_and_weights(history, groups)
     if k is not None:
         ppi = np.stack([np.where(iqr_mask(r, k), r, np.nan) for r in ppi]) if len(ppi) else ppi
-    return names, steps, np.cumsum(np.nan_to_num(ppi, nan=0.0), axis=1)
+    return names, steps, np.cumsum(np.nan_to_num(ppi * weights, nan=0.0), axis=1)
 
 
 def heatmap_values(
@@ -716,7 +727,7 @@ def _heatmap(history, reference, k, alpha, groups):
     return names, steps, ref_name, values
 
 
-def _records(history) -> list[tuple[int, str, float, bool]]:
+def _records(history) -> list[tuple[int, str, float, bool, float]]:
     """Validated (step, group, ppi, valued) tuples of a history (Note [valued probes])."""
     if not isinstance(history, (list, tuple)) and hasattr(history, "history"):
         history = history.history
@@ -742,7 +753,7 @@ def _records(history) -> list[tuple[int, str, float, bool]]:
         ppi = rec["ppi"]
         ppi = math.nan if ppi is None else float(ppi)
         valued = rec["case"] is not None if "case" in rec else bool(rec["accepted"])
-        out.append((step, str(rec["group"]), ppi, valued))
+        out.append((step, str(rec["group"]), ppi, valued, float(rec.get("weight", 1))))
     return out
 
 

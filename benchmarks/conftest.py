@@ -42,6 +42,19 @@ def lora_gpt2():
     return model, batch
 
 
+def counting_batches(n, seed, batch=8, seq=64):
+    """Learnable byte sequences (x_t = start + stride·t mod 256, per row): fresh batches for
+    training and held-out ones for the probes, so the probes see a loss that training lowers."""
+    out = []
+    for i in range(n):
+        g = torch.Generator().manual_seed(seed + i)
+        start = torch.randint(0, 256, (batch, 1), generator=g)
+        stride = torch.randint(1, 4, (batch, 1), generator=g)
+        x = (start + stride * torch.arange(seq)) % 256
+        out.append({"input_ids": x, "labels": x})
+    return out
+
+
 def fresh(model):
     return copy.deepcopy(model)
 

@@ -158,11 +158,11 @@ def _probe(size: str, steps: int) -> dict:
 
 
 def _appi_before(history: list[dict], step: int, names) -> dict[str, float]:
-    """APPI as it stood after the first ``step`` steps (accepted PPIs of earlier probes)."""
+    """APPI as it stood after the first ``step`` steps (the PPIs of earlier valued probes)."""
     appi = dict.fromkeys(names, 0.0)
     for r in history:
-        if r["step"] < step and r["accepted"]:
-            appi[r["group"]] += r["ppi"]
+        if r["step"] < step and r["case"] is not None:
+            appi[r["group"]] += r["weight"] * r["ppi"]
     return appi
 
 

@@ -333,7 +333,7 @@ def test_quadratic_records_are_the_closed_form_slope_and_curvature():
     momentum, wd, lr = 0.5, 0.1, 0.3
     inner = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
     # Per-group Newton updates alone; the joint check has its own closed-form test.
-    opt = GeNAdaPEFT(inner, closure=model, groups=model.groups(), lazy=1, joint_check=False)
+    opt = GeNAdaPEFT(inner, closure=model, groups=model.groups(), lazy=1, joint_check=False, max_interval=1)
     Q, c = model.Q, model.c
     buf = None
     newton = {name: lr for name, _ in model.blocks()}
@@ -374,6 +374,61 @@ def test_quadratic_records_are_the_closed_form_slope_and_curvature():
     for name, _ in model.blocks():
         accepted = sum(r["ppi"] for r in opt.history if r["group"] == name)
         assert opt.appi[name] == pytest.approx(accepted, rel=1e-12)
+
+
+def test_settled_groups_are_probed_less_often_and_appi_weights_them():
+    """Note [Settled groups], replayed from the records: a group's next probe comes after the
+    interval its last probe earned (doubled when accepted and the lr moved by at most 5%, kept on a
+    non-positive slope, else 1), and APPI sums weight · PPI over the valued probes."""
+    model = Quadratic()
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        closure=model,
+        groups=model.groups(),
+        lazy=2,
+        joint_check=False,
+        max_interval=4,
+    )
+    for _ in range(120):
+        opt.zero_grad()
+        model().backward()
+        opt.step()
+    probe_steps = 60
+    doubled = reset = 0
+    for name in opt.names:
+        records = [r for r in opt.history if r["group"] == name]
+        at = [r["step"] // 2 for r in records]
+        assert at[0] == 0 and records[0]["weight"] == 1
+        lr_before = 0.05
+        for r, nxt, p, q in zip(records, records[1:], at, at[1:]):
+            settled = r["accepted"] and abs(r["newton_lr"] / lr_before - 1) <= 0.05
+            if settled:
+                expected = min(2 * r["weight"], 4)
+                doubled += expected > r["weight"]
+            elif r["reason"] == "non-positive slope":
+                expected = r["weight"]
+            else:
+                expected = 1
+                reset += r["weight"] > 1
+            assert nxt["weight"] == expected and q - p == expected, (name, r["step"])
+            lr_before = r["newton_lr"]
+        assert at[-1] + (records[-1]["weight"] if len(records) > 1 else 1) >= probe_steps - 4
+        valued = sum(r["weight"] * r["ppi"] for r in records if r["case"] is not None)
+        assert opt.appi[name] == pytest.approx(valued, rel=1e-12)
+    assert len(opt.history) < 3 * probe_steps and doubled > 0  # fewer probes than groups x probe steps
+
+
+def test_max_interval_one_probes_every_group_at_every_probe_step():
+    model = Quadratic()
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=0.05), closure=model, groups=model.groups(), lazy=2, max_interval=1
+    )
+    for _ in range(40):
+        opt.zero_grad()
+        model().backward()
+        opt.step()
+    assert [r["step"] for r in opt.history] == [s for s in range(0, 40, 2) for _ in range(3)]
+    assert all(r["weight"] == 1 for r in opt.history)
 
 
 @pytest.mark.parametrize("scales", [(-2, -1, 1, 2), (-1, 1), (1, 2)])
@@ -712,7 +767,7 @@ def test_state_dict_resume_is_bit_identical():
 def _quadratic_run(scheduled, steps):
     model = Quadratic(seed=2)
     inner = torch.optim.SGD(model.parameters(), lr=0.4)
-    opt = GeNAdaPEFT(inner, closure=model, groups=model.groups(), lazy=1)
+    opt = GeNAdaPEFT(inner, closure=model, groups=model.groups(), lazy=1, max_interval=1)
     if scheduled:
         torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
     lrs, etas = [], []

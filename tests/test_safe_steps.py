@@ -196,6 +196,7 @@ def _soak(steps, *, ceiling, guard, monkeypatch):
         lazy=1,
         joint_check=False,
         max_lr_factor=10.0 if ceiling else 1e300,
+        max_interval=1,  # every group at every probe step: one guard record per group per warning
     )
     losses = []
     with monkeypatch.context() as m, warnings.catch_warnings(record=True) as caught:
@@ -258,6 +259,7 @@ def test_influence_only_is_bit_identical_to_the_bare_optimizer_and_accumulates_a
         groups=model.groups(),
         lazy=2,
         adapt_lr=False,
+        max_interval=1,  # one PPI per probe step: the closed form below
     )
     bare = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.5)
     expected_appi = dict.fromkeys("abc", 0.0)
