@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -301,6 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     prog = f"adapeft {args.command}"
+    missing = [m for m in ("transformers", "peft", "tqdm") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"{prog}: error: the command line needs {', '.join(missing)}: pip install 'adapeft-optim[hf]'",
+            file=sys.stderr,
+        )
+        return 2
 
     def one_line(message, category, filename, lineno, file=None, line=None):
         text = " ".join(str(message).split())

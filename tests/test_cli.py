@@ -4,6 +4,7 @@ every input error: exit status 2 and one line on stderr)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -263,6 +264,33 @@ def test_help_imports_no_heavy_package(command):
     }
     assert "adapeft_optim" in imported  # the listing is there
     assert imported.isdisjoint(HEAVY), sorted(imported & set(HEAVY))
+
+
+def test_the_core_runs_without_the_hf_packages():
+    """The library is torch + numpy: a GeNAdaPEFT run and a selection import neither transformers
+    nor peft (issue 13; they are the hf extra, which adapeft_optim.integrations uses)."""
+    code = (
+        "import sys, torch\n"
+        "from adapeft_optim import GeNAdaPEFT, group_parameters\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))\n"
+        "x = torch.randn(16, 4)\n"
+        "opt = GeNAdaPEFT(torch.optim.AdamW(m.parameters(), lr=1e-2), closure=lambda b: m(b).square().mean(),\n"
+        "                 probe_data=[x], groups=group_parameters(m), lazy=1)\n"
+        "for _ in range(3):\n"
+        "    m(x).square().mean().backward(); opt.step(); opt.zero_grad()\n"
+        "opt.select(1.0)\n"
+        "print(sorted(k for k in ('transformers', 'peft') if k in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_commands_without_the_hf_extra_name_it(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    assert main(["demo", "--steps", "2"]) == 2
+    assert "needs peft: pip install 'adapeft-optim[hf]'" in capsys.readouterr().err
 
 
 def test_every_public_name_still_imports():
