@@ -113,16 +113,17 @@ def _check_inner(optimizer: Optimizer) -> None:
         )
     for g in groups:
         for p in g["params"]:
-            if type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor":
+            if hasattr(p, "ds_id"):
                 raise NotImplementedError(
-                    "sharded parameters (DTensor: FSDP2's fully_shard, tensor parallel) are not supported: the "
-                    "probes move and restore whole parameters. Use DDP (DistributedDataParallel), or probe a "
-                    "single-process proxy and transfer the selection (transfer_selection / apply_selection)"
+                    "DeepSpeed ZeRO-3 partitioned parameters are not supported: each rank holds a slice of every "
+                    "parameter and the probes move whole ones. Use FSDP2 (fully_shard) or DDP, or probe a "
+                    "single-process proxy and transfer the selection (transfer_selection)"
                 )
             if getattr(p, "_is_flat_param", False) or type(p).__name__ == "FlatParameter":
                 raise NotImplementedError(
                     "FSDP (FullyShardedDataParallel) flat parameters are not supported: ranks hold different "
-                    "shards, so they would probe different groups. Use DDP, or probe a single-process proxy"
+                    "shards of one flat tensor, so they would probe different groups. Use FSDP2 (fully_shard) "
+                    "or DDP, or probe a single-process proxy"
                 )
     if getattr(optimizer.step, "_wrapped_by_lr_sched", False):
         raise RuntimeError(
@@ -350,6 +351,81 @@ class _KeepBuffers:
         self._saved.clear()
 
 
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return type(t).__name__ == "DTensor"
+
+
+# Note [Sharded parameters]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~
+# FSDP2 (fully_shard) keeps each parameter as a DTensor, the rank's shard. The probe's moves and
+# restores are elementwise, so they run on the local shards, tensor by tensor (DTensor has no
+# sharding strategy for the _foreach_ ops). A probe forward under no_grad leaves the root module
+# unsharded (FSDP2 keeps the root's full parameters from forward to backward), so a later forward
+# would read the full parameters of before the move: every FSDP module a probe forward ran is
+# resharded after it (_Reshard), as a training backward would. Losses are all-reduced as under
+# DDP, so every rank fits the same numbers and probes the same groups.
+
+
+def _copy_(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    if any(_is_dtensor(t) for t in dst):
+        for d, s in zip(dst, src):
+            d.copy_(s)
+    else:
+        torch._foreach_copy_(dst, src)
+
+
+def _add_(dst: list[torch.Tensor], other: list[torch.Tensor], alpha: float) -> None:
+    if any(_is_dtensor(t) for t in dst):
+        for d, o in zip(dst, other):
+            d.add_(o, alpha=alpha)
+    else:
+        torch._foreach_add_(dst, other, alpha=alpha)
+
+
+def _direction(origin: list[torch.Tensor], now: list[torch.Tensor], lr: float | None) -> list[torch.Tensor]:
+    """(origin − now) / lr, tensor by tensor for DTensors; ``lr`` None: no division; 0: zeros."""
+    if not origin:
+        return []
+    if any(_is_dtensor(t) for t in origin):
+        d = [o - n for o, n in zip(origin, now)]
+        if lr is not None:
+            d = [x.zero_() if lr == 0.0 else x.div_(lr) for x in d]
+        return d
+    d = torch._foreach_sub(origin, now)
+    if lr is not None:
+        if lr != 0.0:
+            torch._foreach_div_(d, lr)
+        else:
+            torch._foreach_zero_(d)
+    return d
+
+
+class _Reshard:
+    """Reshards every FSDP2 module a probe forward ran (Note [Sharded parameters])."""
+
+    def __init__(self) -> None:
+        self._modules: dict[int, nn.Module] = {}
+        self._handle: Any = None
+
+    def __enter__(self) -> _Reshard:
+        self._handle = torch.nn.modules.module.register_module_forward_hook(self._seen)
+        return self
+
+    def _seen(self, module: nn.Module, args: Any, output: Any) -> None:
+        if hasattr(module, "reshard") and type(module).__name__.startswith("FSDP"):
+            self._modules.setdefault(id(module), module)
+
+    def after_forward(self) -> None:
+        for module in self._modules.values():
+            module.reshard()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._modules.clear()
+
+
 class _Line:
     """Puts each param group at ``origin − c·d`` from saved copies (Note [The probe step])."""
 
@@ -364,9 +440,9 @@ class _Line:
         # copy of one group, not of the model.
         for i, c in enumerate(coefficients):
             if self.params[i] and self._at[i] != c:
-                torch._foreach_copy_(self.params[i], self.origin[i])
+                _copy_(self.params[i], self.origin[i])
                 if c != 0.0:
-                    torch._foreach_add_(self.params[i], self.dirs[i], alpha=-c)
+                    _add_(self.params[i], self.dirs[i], alpha=-c)
                 self._at[i] = c
 
 
@@ -944,18 +1020,13 @@ class GeNAdaPEFT(Optimizer):
         except BaseException:
             for ps, saved in zip(stepped, origin):
                 if ps:
-                    torch._foreach_copy_(ps, saved)
+                    _copy_(ps, saved)
             raise
         final = None if unit else [[p.detach().clone() for p in ps] for ps in stepped]
-        dirs = []
-        for ps, saved, lr in zip(stepped, origin, old_lrs):
-            d = torch._foreach_sub(saved, [p.detach() for p in ps]) if ps else []
-            if not unit and ps:
-                if lr != 0.0:
-                    torch._foreach_div_(d, lr)
-                else:
-                    torch._foreach_zero_(d)
-            dirs.append(d)
+        dirs = [
+            _direction(saved, [p.detach() for p in ps], None if unit else lr)
+            for ps, saved, lr in zip(stepped, origin, old_lrs)
+        ]
         line = _Line(stepped, origin, dirs)
         moving = [
             n
@@ -969,6 +1040,7 @@ class GeNAdaPEFT(Optimizer):
         self._step += 1
         rng = _RNGState()
         buffers = _KeepBuffers()
+        reshard = _Reshard()
         done = False
 
         def losses_at(coefficients: Iterable[Sequence[float]]) -> list[torch.Tensor]:
@@ -976,6 +1048,7 @@ class GeNAdaPEFT(Optimizer):
             for coeffs in coefficients:
                 line.move(coeffs)
                 out.append(self._evaluate(closure, batch, rng, every))
+                reshard.after_forward()
             return out
 
         # The training gradients are set aside while the closure runs, so a closure that calls
@@ -985,6 +1058,7 @@ class GeNAdaPEFT(Optimizer):
             p.grad = None
         try:
             buffers.__enter__()
+            reshard.__enter__()
             points = [[0.0] * len(groups)]
             for name in names:
                 spacing = self._stats[name]["spacing"]
@@ -1009,11 +1083,12 @@ class GeNAdaPEFT(Optimizer):
             else:
                 for ps, saved in zip(stepped, final):
                     if ps:
-                        torch._foreach_copy_(ps, saved)
+                        _copy_(ps, saved)
             done = True
         finally:
             for p, g in zip(every, set_aside):
                 p.grad = g
+            reshard.__exit__()
             buffers.__exit__()
             rng.restore()
             if not done:
@@ -1022,7 +1097,7 @@ class GeNAdaPEFT(Optimizer):
                 else:
                     for ps, saved in zip(stepped, final):
                         if ps:
-                            torch._foreach_copy_(ps, saved)
+                            _copy_(ps, saved)
         return losses[0]
 
     def _reduce(self, losses: torch.Tensor) -> np.ndarray:

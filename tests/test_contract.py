@@ -296,19 +296,44 @@ def test_probe_forwards_leave_every_buffer_as_the_training_forward_left_it():
     assert len(opt.history) == 4
 
 
-def test_sharded_parameters_are_refused_at_construction(tmp_path):
+def test_dtensor_parameters_probe_like_plain_ones(tmp_path):
+    """Note [Sharded parameters]: the moves and restores run tensor by tensor on DTensors; on one
+    rank a DTensor run equals the plain run bit for bit (tests/test_fsdp.py: two ranks)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
+    g = torch.Generator().manual_seed(0)
+    w0, x, y = torch.randn(4, 4, generator=g), torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         mesh = init_device_mesh("cpu", (1,))
-        weight = nn.Parameter(distribute_tensor(torch.randn(4, 4), mesh, [Shard(0)]))
-        with pytest.raises(NotImplementedError, match=r"sharded parameters \(DTensor: FSDP2"):
-            GeNAdaPEFT(torch.optim.AdamW([weight], lr=1e-3), groups={"w": [weight]})
+        runs = []
+        for weight in (nn.Parameter(w0.clone()), nn.Parameter(distribute_tensor(w0.clone(), mesh, [Shard(0)]))):
+
+            def loss(weight=weight):
+                full = weight.full_tensor() if hasattr(weight, "full_tensor") else weight
+                return (full @ x - y).square().mean()
+
+            opt = GeNAdaPEFT(torch.optim.AdamW([weight], lr=1e-2), closure=loss, groups={"w": [weight]}, lazy=1)
+            for _ in range(4):
+                loss().backward()
+                opt.step()
+                opt.zero_grad()
+            full = weight.full_tensor() if hasattr(weight, "full_tensor") else weight
+            runs.append((full.detach().clone(), opt.lrs, [r["b"] for r in opt.history]))
+        assert type(weight).__name__ == "DTensor"  # an nn.Parameter of a DTensor is a DTensor
+        assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1:] == runs[1][1:]
+        assert runs[0][1]["w"] != 1e-2  # the probes adapted the lr
     finally:
         dist.destroy_process_group()
+
+
+def test_deepspeed_zero3_parameters_are_refused_at_construction():
+    weight = nn.Parameter(torch.randn(4, 4))
+    weight.ds_id = 0  # what DeepSpeed ZeRO-3 marks its partitioned parameters with
+    with pytest.raises(NotImplementedError, match="DeepSpeed ZeRO-3 .* Use FSDP2"):
+        GeNAdaPEFT(torch.optim.AdamW([weight], lr=1e-3), groups={"w": [weight]})
 
 
 def test_step_hooks_fire_once_per_step():
