@@ -667,6 +667,7 @@ class GeNAdaPEFT(Optimizer):
         self.history: list[dict[str, Any]] = []
 
         self._split_param_groups(groups)
+        self._shapes = self._param_shapes()
         # Note [State in the param groups]: every value of the wrapper starts here.
         for g in self.param_groups:
             g.update({f"adapeft_{k}": v for k, v in _GROUP_START.items()})
@@ -885,6 +886,17 @@ class GeNAdaPEFT(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
+    def _param_shapes(self) -> list[tuple[tuple[int, ...], ...]]:
+        return [tuple(tuple(p.shape) for p in g["params"]) for g in self.param_groups]
+
+    def _check_params_unchanged(self) -> None:
+        if self._param_shapes() != self._shapes:
+            raise RuntimeError(
+                "the optimizer's parameters were replaced after wrapping (DeepSpeed ZeRO-1/2 flattens them into "
+                "partitions of its own): the probes would move tensors the model does not read. GeNAdaPEFT "
+                "supports DDP and FSDP2 (fully_shard); nothing was changed"
+            )
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         raise RuntimeError(
             "GeNAdaPEFT cannot take new param groups; add them to the inner optimizer before wrapping it"
@@ -925,6 +937,7 @@ class GeNAdaPEFT(Optimizer):
         """
         if closure is not None and not callable(closure):
             raise TypeError(f"closure must be callable, got {type(closure).__name__}")
+        self._check_params_unchanged()
         if self._mask is not None and not self.freeze:
             self._drop_masked_grads()
         lrs = self._effective_lrs()

@@ -329,6 +329,21 @@ def test_dtensor_parameters_probe_like_plain_ones(tmp_path):
         dist.destroy_process_group()
 
 
+def test_parameters_replaced_after_wrapping_are_refused_before_anything_moves():
+    """DeepSpeed ZeRO-1/2 wrap the optimizer after it is built and swap its parameters for flat
+    partitions: the first step() refuses, before the inner optimizer or a parameter moves."""
+    model = nn.Linear(4, 2)
+    opt = GeNAdaPEFT(torch.optim.AdamW(model.parameters(), lr=1e-3), closure=lambda: model(torch.ones(1, 4)).sum())
+    model(torch.ones(1, 4)).sum().backward()
+    flat = nn.Parameter(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    flat.grad = torch.ones_like(flat)
+    opt.param_groups[0]["params"] = [flat]  # what ZeRO-1/2's flattening does to a param group
+    before = flat.detach().clone()
+    with pytest.raises(RuntimeError, match="replaced after wrapping.*DeepSpeed ZeRO-1/2"):
+        opt.step()
+    assert torch.equal(flat, before) and not opt.optimizer.state
+
+
 def test_deepspeed_zero3_parameters_are_refused_at_construction():
     weight = nn.Parameter(torch.randn(4, 4))
     weight.ds_id = 0  # what DeepSpeed ZeRO-3 marks its partitioned parameters with
