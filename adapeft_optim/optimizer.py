@@ -7,20 +7,21 @@ design §3-§4 and §7; the paper's Algorithm 1 (arXiv 2505.12579) on top of GeN
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.optim import Optimizer
 
 from .fit import best_reduction, check_fit, fit_quadratic, newton_update
+from .inner import _check_inner, _check_takes_batch, _lr_value, _set_lr, _step_without_global_hooks, _world_size
+from .state import _GROUP_START, _SHARED_START, _GroupStats, _shared
+from .trace import _copy_, _direction, _KeepBuffers, _Line, _Reshard, _RNGState
 
 __all__ = ["GeNAdaPEFT"]
 
@@ -40,16 +41,6 @@ Closure = Callable[[], torch.Tensor | float]
 # Every write into a parameter is a copy_ from saved tensors or w_t − c·d from them; never an
 # add/sub round trip, so after step() the parameters are exactly the stepped values.
 
-# Note [Probes leave no trace]
-# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-# All forwards of one probe replay the same RNG state (so dropout draws one mask for all of
-# them and the loss line is not noise), and the RNG state is put back afterwards: step() leaves
-# the global CPU and CUDA generators where it found them. Buffers a forward changes (BatchNorm's
-# running statistics, spectral norm's u and v) are put back too (_KeepBuffers), so a probe step
-# leaves the model exactly as the training forward left it. If the closure raises, the step is
-# completed at the pre-probe learning rates (what a non-probe step would have done), the fit of
-# that probe is dropped, and the error propagates.
-
 # Note [Curvature below the noise]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 # A float32 loss is only known to ~1e-7 relative. At lr 1e-5 the curvature term ½η²A can be
@@ -60,112 +51,6 @@ Closure = Callable[[], torch.Tensor | float]
 # A/se(A) ≈ 30 (between 2× and 32× at once); a fit rejected for a low R² (probes too far for a
 # parabola) or accepted with A/se(A) > 200 narrows it back (÷4 and ÷2, not below 1). The
 # spacing only moves the probe points; the learning rate follows the fit.
-
-
-class _RNGState:
-    """The global CPU and CUDA generator states, to replay and to put back."""
-
-    def __init__(self) -> None:
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
-
-
-def _set_lr(group: dict, value: float) -> None:
-    lr = group["lr"]
-    group["lr"] = torch.as_tensor(value, dtype=lr.dtype, device=lr.device) if torch.is_tensor(lr) else value
-
-
-def _lr_value(group: dict) -> float:
-    lr = group["lr"]
-    return float(lr.item()) if torch.is_tensor(lr) else float(lr)
-
-
-# Inner optimizers whose update is not lr × (a direction that does not depend on lr): the probe
-# reads d off one step at lr 1 and takes w − lr·d, which for these is another algorithm.
-_NONLINEAR_IN_LR = {
-    "LBFGS": "it runs a line search of its own",
-    "ASGD": "its averaging and its eta schedule depend on lr",
-    "Rprop": "its step sizes adapt by sign, not by lr",
-}
-
-
-def _check_inner(optimizer: Optimizer) -> None:
-    """Refuse, at construction, inner optimizers the probe cannot wrap (Note [The probe step])."""
-    name = type(optimizer).__name__
-    supported = "SGD, Adam, AdamW, RMSprop, Adamax, NAdam, RAdam, Adagrad without lr_decay"
-    why = _NONLINEAR_IN_LR.get(name)
-    groups = optimizer.param_groups
-    if why is None and isinstance(optimizer, torch.optim.Adagrad) and any(g.get("lr_decay", 0) for g in groups):
-        why = "lr_decay makes its step depend on lr non-linearly"
-    if why is None and name == "Adafactor" and any(g.get("relative_step") for g in groups):
-        why = "relative_step=True sets its own lr (pass lr=..., relative_step=False, scale_parameter=False)"
-    if why is not None:
-        raise TypeError(f"{name} cannot be wrapped: {why}. GeNAdaPEFT needs an inner update linear in lr ({supported})")
-    if any(g.get("maximize") for g in groups):
-        raise ValueError(
-            f"{name}(maximize=True) is not supported: the probes fit the loss the closure returns, which "
-            "the step must decrease; minimise the negated objective instead"
-        )
-    for g in groups:
-        for p in g["params"]:
-            if hasattr(p, "ds_id"):
-                raise NotImplementedError(
-                    "DeepSpeed ZeRO-3 partitioned parameters are not supported: each rank holds a slice of every "
-                    "parameter and the probes move whole ones. Use FSDP2 (fully_shard) or DDP, or probe a "
-                    "single-process proxy and transfer the selection (transfer_selection)"
-                )
-            if getattr(p, "_is_flat_param", False) or type(p).__name__ == "FlatParameter":
-                raise NotImplementedError(
-                    "FSDP (FullyShardedDataParallel) flat parameters are not supported: ranks hold different "
-                    "shards of one flat tensor, so they would probe different groups. Use FSDP2 (fully_shard) "
-                    "or DDP, or probe a single-process proxy"
-                )
-    if getattr(optimizer.step, "_wrapped_by_lr_sched", False):
-        raise RuntimeError(
-            "an LR scheduler was built on this optimizer before wrapping it; GeNAdaPEFT splits its param "
-            "groups, which that scheduler does not know. Build the scheduler on the GeNAdaPEFT instead"
-        )
-
-
-def _step_without_global_hooks(inner: Optimizer) -> Any:
-    """``inner.step()`` with its own step hooks but not the global ones: those already ran for
-    the wrapper's step, and one ``opt.step()`` is one step to a global hook."""
-    raw = getattr(type(inner).step, "__wrapped__", None)  # torch's hook wrapper keeps the original
-    if raw is None or "step" in vars(inner):
-        return inner.step()
-    args: tuple = ()
-    kwargs: dict[str, Any] = {}
-    for hook in inner._optimizer_step_pre_hooks.values():
-        result = hook(inner, args, kwargs)
-        if result is not None:
-            args, kwargs = result
-    out = raw(inner, *args, **kwargs)
-    for hook in inner._optimizer_step_post_hooks.values():
-        hook(inner, args, kwargs)
-    return out
-
-
-def _check_takes_batch(closure: Callable[..., Any]) -> None:
-    try:
-        signature = inspect.signature(closure)
-    except (TypeError, ValueError):  # builtins and some C callables have none: trust the user
-        return
-    try:
-        signature.bind(None)
-    except TypeError:
-        raise TypeError(
-            "with probe_data the closure takes the probe batch: closure=lambda batch: model(**batch).loss"
-        ) from None
-
-
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 # Adaptive probe spacing (Note [Curvature below the noise]): widen towards a curvature this many
@@ -239,211 +124,6 @@ _SETTLED_MOVE = 0.05
 # "weight"), so APPI still sums one PPI per probe step. Which groups are due depends on the fits
 # alone, which every rank computes from the same reduced losses, so ranks always probe the same
 # groups. The joint check and the guard cover every moving group.
-
-
-# Note [State in the param groups]
-# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-# Everything the wrapper must carry across a checkpoint lives in the inner optimizer's param
-# groups under adapeft_ keys, as schedule_free and timm's Lookahead keep theirs: per named group
-# (its lr factor newton_lr/base_lr, probe spacing, APPI, counts, what it requires) in each of its
-# param groups, and the optimizer's counters (step, probe batches drawn, recent probe losses,
-# mask, selection, ...) in every param group alike. So state_dict() is the inner optimizer's own
-# format, and torch.distributed.checkpoint, deepcopy, pickle and the state-dict hooks need no
-# special entry. Values are replaced, never mutated in place (a state_dict() shares them).
-# The probe history is a bounded log (history_size records), not state.
-
-_GROUP_START = {
-    "factor": 1.0,
-    "spacing": 1.0,
-    "appi": 0.0,
-    "probes": 0,
-    "accepted": 0,
-    "valued": 0,
-    "requires": (),
-    "interval": 1,  # probe steps the group's next probe stands for (Note [Settled groups])
-    "due": 0,  # the probe step (step // lazy) at which it is next probed
-}
-_SHARED_START = {
-    "step": 0,
-    "probe_count": 0,
-    "recent_l0": (),
-    "mask": None,
-    "ranking": None,
-    "stable_count": 0,
-    "budget": None,
-    "selection": None,
-}
-
-
-class _GroupStats(MutableMapping):
-    """A named group's ``adapeft_*`` values, read from its first param group, written to all."""
-
-    __slots__ = ("_groups",)
-    _KEYS = ("factor", "spacing", "appi", "probes", "accepted", "valued", "interval", "due")
-
-    def __init__(self, groups: list[dict]) -> None:
-        self._groups = groups
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._KEYS:
-            raise KeyError(key)
-        return self._groups[0][f"adapeft_{key}"]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key not in self._KEYS:
-            raise KeyError(key)
-        for g in self._groups:
-            g[f"adapeft_{key}"] = value
-
-    def __delitem__(self, key: str) -> None:
-        raise TypeError("the wrapper's per-group values cannot be deleted")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._KEYS)
-
-    def __len__(self) -> int:
-        return len(self._KEYS)
-
-    def __repr__(self) -> str:
-        return repr(dict(self))
-
-
-def _shared(key: str, doc: str) -> property:
-    """A wrapper value kept alike in every param group (Note [State in the param groups])."""
-
-    def get(self: GeNAdaPEFT) -> Any:
-        return self.param_groups[0][f"adapeft_{key}"]
-
-    def set_(self: GeNAdaPEFT, value: Any) -> None:
-        for g in self.param_groups:
-            g[f"adapeft_{key}"] = value
-
-    return property(get, set_, doc=doc)
-
-
-class _KeepBuffers:
-    """Puts back, on exit, the buffers of every module that ran a forward inside: BatchNorm's
-    running statistics and counter, spectral norm's u and v (Note [Probes leave no trace]).
-
-    A global forward pre-hook copies a module's own buffers the first time it runs, before its
-    own pre-hooks (spectral norm updates u and v in one) and its forward.
-    """
-
-    def __enter__(self) -> _KeepBuffers:
-        self._saved: dict[int, tuple[nn.Module, dict[str, torch.Tensor]]] = {}
-        self._handle = torch.nn.modules.module.register_module_forward_pre_hook(self._save)
-        return self
-
-    def _save(self, module: nn.Module, args: Any) -> None:
-        if id(module) not in self._saved:
-            self._saved[id(module)] = (module, {n: b.clone() for n, b in module._buffers.items() if b is not None})
-
-    def __exit__(self, *exc: Any) -> None:
-        self._handle.remove()
-        with torch.no_grad():
-            for module, saved in self._saved.values():
-                for name, value in saved.items():
-                    now = module._buffers.get(name)
-                    if now is not None and now.shape == value.shape and now.dtype == value.dtype:
-                        now.copy_(value)
-                    else:
-                        module._buffers[name] = value
-        self._saved.clear()
-
-
-def _is_dtensor(t: torch.Tensor) -> bool:
-    return type(t).__name__ == "DTensor"
-
-
-# Note [Sharded parameters]
-# ~~~~~~~~~~~~~~~~~~~~~~~~~
-# FSDP2 (fully_shard) keeps each parameter as a DTensor, the rank's shard. The probe's moves and
-# restores are elementwise, so they run on the local shards, tensor by tensor (DTensor has no
-# sharding strategy for the _foreach_ ops). A probe forward under no_grad leaves the root module
-# unsharded (FSDP2 keeps the root's full parameters from forward to backward), so a later forward
-# would read the full parameters of before the move: every FSDP module a probe forward ran is
-# resharded after it (_Reshard), as a training backward would. Losses are all-reduced as under
-# DDP, so every rank fits the same numbers and probes the same groups.
-
-
-def _copy_(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
-    if any(_is_dtensor(t) for t in dst):
-        for d, s in zip(dst, src):
-            d.copy_(s)
-    else:
-        torch._foreach_copy_(dst, src)
-
-
-def _add_(dst: list[torch.Tensor], other: list[torch.Tensor], alpha: float) -> None:
-    if any(_is_dtensor(t) for t in dst):
-        for d, o in zip(dst, other):
-            d.add_(o, alpha=alpha)
-    else:
-        torch._foreach_add_(dst, other, alpha=alpha)
-
-
-def _direction(origin: list[torch.Tensor], now: list[torch.Tensor], lr: float | None) -> list[torch.Tensor]:
-    """(origin − now) / lr, tensor by tensor for DTensors; ``lr`` None: no division; 0: zeros."""
-    if not origin:
-        return []
-    if any(_is_dtensor(t) for t in origin):
-        d = [o - n for o, n in zip(origin, now)]
-        if lr is not None:
-            d = [x.zero_() if lr == 0.0 else x.div_(lr) for x in d]
-        return d
-    d = torch._foreach_sub(origin, now)
-    if lr is not None:
-        if lr != 0.0:
-            torch._foreach_div_(d, lr)
-        else:
-            torch._foreach_zero_(d)
-    return d
-
-
-class _Reshard:
-    """Reshards every FSDP2 module a probe forward ran (Note [Sharded parameters])."""
-
-    def __init__(self) -> None:
-        self._modules: dict[int, nn.Module] = {}
-        self._handle: Any = None
-
-    def __enter__(self) -> _Reshard:
-        self._handle = torch.nn.modules.module.register_module_forward_hook(self._seen)
-        return self
-
-    def _seen(self, module: nn.Module, args: Any, output: Any) -> None:
-        if hasattr(module, "reshard") and type(module).__name__.startswith("FSDP"):
-            self._modules.setdefault(id(module), module)
-
-    def after_forward(self) -> None:
-        for module in self._modules.values():
-            module.reshard()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        self._modules.clear()
-
-
-class _Line:
-    """Puts each param group at ``origin − c·d`` from saved copies (Note [The probe step])."""
-
-    def __init__(
-        self, params: list[list[torch.Tensor]], origin: list[list[torch.Tensor]], dirs: list[list[torch.Tensor]]
-    ) -> None:
-        self.params, self.origin, self.dirs = params, origin, dirs
-        self._at: list[float | None] = [None] * len(params)  # unknown after the inner step
-
-    def move(self, coefficients: Sequence[float]) -> None:
-        # Only param groups whose coefficient changes are written, so a probe forward costs a
-        # copy of one group, not of the model.
-        for i, c in enumerate(coefficients):
-            if self.params[i] and self._at[i] != c:
-                _copy_(self.params[i], self.origin[i])
-                if c != 0.0:
-                    _add_(self.params[i], self.dirs[i], alpha=-c)
-                self._at[i] = c
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..optimizer import _RNGState
+from ..trace import _RNGState
 
 __all__ = ["BatchLoss", "ProbeBatches", "ReplayClosure", "replay_closure"]
 
