@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from enum import Enum
 from typing import NamedTuple
 
 import numpy as np
 
 __all__ = [
     "QuadraticFit",
+    "Reason",
     "best_reduction",
     "check_fit",
     "fit_quadratic",
@@ -114,7 +116,20 @@ def _even_residual_sigma(u: np.ndarray, y: np.ndarray, a: float) -> float | None
     return math.sqrt(2.0 * float(resid @ resid) / dof)
 
 
-def check_fit(fit: QuadraticFit, r2_min: float, z: float = 3.0) -> str | None:
+class Reason(str, Enum):
+    """Why a probe's fit was rejected (record ``"reason"``). A ``str``: it compares, prints and
+    serialises as its text."""
+
+    NON_FINITE = "non-finite loss"
+    NOISE = "curvature below noise"
+    CONCAVE = "non-positive curvature"
+    NO_DESCENT = "non-positive slope"
+    NOT_PARABOLA = "R2 below r2_min"
+
+    __str__ = str.__str__
+
+
+def check_fit(fit: QuadraticFit, r2_min: float, z: float = 3.0) -> Reason | None:
     """Why a fit must be rejected, or ``None`` when it is usable.
 
     The paper's gate (b > 0, A > 0, R² ≥ r2_min) plus one more rule: the curvature must stand
@@ -128,15 +143,15 @@ def check_fit(fit: QuadraticFit, r2_min: float, z: float = 3.0) -> str | None:
         z: how many standard errors ``A`` must exceed (default: 3.0).
     """
     if not all(math.isfinite(v) for v in (fit.b, fit.A, fit.r2)):
-        return "non-finite loss"
+        return Reason.NON_FINITE
     if abs(fit.A) <= z * fit.se_A:
-        return "curvature below noise"
+        return Reason.NOISE
     if fit.A < 0:
-        return "non-positive curvature"
+        return Reason.CONCAVE
     if fit.b <= 0:
-        return "non-positive slope"
+        return Reason.NO_DESCENT
     if fit.r2 < r2_min:
-        return "R2 below r2_min"
+        return Reason.NOT_PARABOLA
     return None
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from adapeft_optim import GeNAdaPEFT
-from adapeft_optim import optimizer as optimizer_module
+from adapeft_optim import update as update_module
 
 
 class Mean(nn.Module):
@@ -202,7 +202,7 @@ def _soak(steps, *, ceiling, guard, monkeypatch):
     with monkeypatch.context() as m, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if not guard:
-            m.setattr(optimizer_module, "_GUARD_SD", math.inf)
+            m.setattr(update_module, "_GUARD_SD", math.inf)
         for _ in range(steps):
             opt.zero_grad()
             loss = model()
