@@ -7,8 +7,6 @@ design §3-§4 and §7; the paper's Algorithm 1 (arXiv 2505.12579) on top of GeN
 from __future__ import annotations
 
 import copy
-import math
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -16,9 +14,11 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from .inner import _check_inner, _check_takes_batch, _lr_value, _set_lr, _step_without_global_hooks, _world_size
+from .inner import _lr_value, _set_lr, _step_without_global_hooks
+from .masking import MaskedMode
+from .options import check_options, check_scales
 from .probe import NO_BATCH, Probe
-from .state import _GROUP_START, _SHARED_START, _GroupStats, _shared
+from .state import _GROUP_START, _SHARED_START, _GroupStats, _shared, split_param_groups, validate_state_dict
 
 __all__ = ["GeNAdaPEFT"]
 
@@ -36,7 +36,7 @@ Closure = Callable[[], torch.Tensor | float]
 # carry, so a resumed run probes the same batches; any other iterable starts over on resume.
 
 
-class GeNAdaPEFT(Optimizer):
+class GeNAdaPEFT(MaskedMode, Optimizer):
     r"""Generalized-Newton learning rates and parameter influence per parameter group.
 
     Wraps any optimizer whose update is linear in its learning rate and, every ``lazy`` steps,
@@ -147,53 +147,11 @@ class GeNAdaPEFT(Optimizer):
         adapt_lr: bool = True,
         max_interval: int = 4,
     ) -> None:
-        if isinstance(optimizer, GeNAdaPEFT):
-            raise TypeError("optimizer is already a GeNAdaPEFT; wrap the inner optimizer once")
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer (e.g. torch.optim.AdamW), got {type(optimizer).__name__}"
-            )
-        if closure is not None and not callable(closure):
-            raise TypeError(
-                f"closure must be callable (e.g. lambda: model(**batch).loss), got {type(closure).__name__}"
-            )
-        if isinstance(lazy, bool) or not isinstance(lazy, int) or lazy < 0:
-            raise ValueError(f"Invalid lazy: {lazy!r}; use an int >= 0 (0 turns probing off)")
-        scales = self._check_scales(scales)
-        if not 0.0 <= r2_min <= 1.0:
-            raise ValueError(f"Invalid r2_min: {r2_min}; use a value in [0, 1]")
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"Invalid smoothing: {smoothing}; use a value in [0, 1)")
-        if not (math.isfinite(max_change) and max_change >= 1.0):
-            raise ValueError(f"Invalid max_change: {max_change}; use a finite value >= 1")
-        if not (math.isfinite(z) and z >= 0.0):
-            raise ValueError(f"Invalid z: {z}; use a finite value >= 0")
-        if loss_rtol is not None and not (math.isfinite(loss_rtol) and loss_rtol >= 0.0):
-            raise ValueError(f"Invalid loss_rtol: {loss_rtol}; use a finite value >= 0 or None")
-        if not (math.isfinite(max_spacing) and max_spacing >= 1.0):
-            raise ValueError(f"Invalid max_spacing: {max_spacing}; use a finite value >= 1")
-        if budget is not None and not (isinstance(budget, (int, float)) and 0.0 <= budget <= 1.0):
-            raise ValueError(f"Invalid budget: {budget!r}; use a fraction of parameters in [0, 1]")
-        if (select_after is not None or stable_probes is not None) and budget is None:
-            raise ValueError("select_after/stable_probes need budget= (the fraction of parameters to keep training)")
-        for key, value in (("select_after", select_after), ("stable_probes", stable_probes)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"Invalid {key}: {value!r}; use an int >= 1 or None")
-        if select_method not in ("greedy", "prefix", "exact"):
-            raise ValueError(f"Invalid select_method: {select_method!r}; use 'greedy', 'prefix' or 'exact'")
-        _check_inner(optimizer)
-        if not (isinstance(max_lr_factor, (int, float)) and math.isfinite(max_lr_factor) and max_lr_factor >= 1.0):
-            raise ValueError(f"Invalid max_lr_factor: {max_lr_factor!r}; use a finite value >= 1")
-        if probe_data is not None:
-            if not isinstance(probe_data, Iterable) or isinstance(probe_data, Mapping) or torch.is_tensor(probe_data):
-                raise TypeError(
-                    "probe_data must be an iterable of batches (a list, a DataLoader), got "
-                    f"{type(probe_data).__name__}; "
-                    "for one batch pass [batch]"
-                )
-            if closure is not None:
-                _check_takes_batch(closure)
-
+        check_options(
+            optimizer, closure, probe_data, lazy, r2_min, smoothing, max_change, z, loss_rtol, max_spacing,
+            budget, select_after, stable_probes, select_method, max_lr_factor, max_interval, history_size,
+        )  # fmt: skip
+        scales = check_scales(scales)
         # Optimizer.__init__ would rebuild param groups from scratch; we share the inner ones.
         self._optimizer_step_pre_hooks = OrderedDict()
         self._optimizer_step_post_hooks = OrderedDict()
@@ -222,15 +180,12 @@ class GeNAdaPEFT(Optimizer):
         self.adapt_lr = bool(adapt_lr)
         self._probe_data = probe_data
         self._probe_iter: Iterator[Any] | None = None
-        if isinstance(max_interval, bool) or not isinstance(max_interval, int) or max_interval < 1:
-            raise ValueError(f"Invalid max_interval: {max_interval!r}; use an int >= 1 (1: every group every probe)")
         self.max_interval = max_interval
-        if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
-            raise ValueError(f"Invalid history_size: {history_size!r}; use an int >= 0 (records kept)")
+        self.max_interval = max_interval
         self.history_size = history_size
         self.history: list[dict[str, Any]] = []
 
-        self._split_param_groups(groups)
+        split_param_groups(self.optimizer.param_groups, groups)
         self._shapes = self._param_shapes()
         # Note [State in the param groups]: every value of the wrapper starts here.
         for g in self.param_groups:
@@ -279,98 +234,6 @@ class GeNAdaPEFT(Optimizer):
     @defaults.setter
     def defaults(self, value: dict[str, Any]) -> None:
         self.optimizer.defaults = value
-
-    @staticmethod
-    def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
-        try:
-            values = tuple(float(s) for s in scales)
-        except (TypeError, ValueError):
-            raise ValueError(f"Invalid scales: {scales!r}; use a sequence of numbers such as (-2, -1, 1, 2)") from None
-        if any(not math.isfinite(s) or s == 0.0 for s in values):
-            raise ValueError(
-                f"Invalid scales: {scales!r}; every scale must be finite and non-zero (L0 is always measured)"
-            )
-        if len(set(values)) != len(values) or len(values) < 2:
-            raise ValueError(
-                f"Invalid scales: {scales!r}; need at least two distinct scales to fit b and A, "
-                "e.g. (-1, 1) or (-2, -1, 1, 2)"
-            )
-        return values
-
-    def _split_param_groups(self, groups: Mapping[str, Iterable[torch.Tensor]] | None) -> None:
-        inner_groups = self.optimizer.param_groups
-        if any("adapeft_name" in g for g in inner_groups):
-            raise ValueError("the optimizer's param groups already carry adapeft_name: it was wrapped before")
-        if groups is None:
-            groups = {str(g.get("name", f"group{i}")): g["params"] for i, g in enumerate(inner_groups)}
-        if not isinstance(groups, Mapping):
-            raise TypeError(
-                f"groups must map a name to parameters (e.g. group_parameters(model)), got {type(groups).__name__}"
-            )
-        owner: dict[int, str] = {}
-        for name, params in groups.items():
-            if not isinstance(name, str):
-                raise TypeError(f"group names must be str, got {name!r}")
-            params = [params] if torch.is_tensor(params) else list(params)
-            if not params:
-                raise ValueError(f"group {name!r} is empty; drop it from groups")
-            for i, p in enumerate(params):
-                if not torch.is_tensor(p):
-                    raise TypeError(f"group {name!r} item {i} is a {type(p).__name__}, not a parameter tensor")
-                if id(p) in owner:
-                    where = "twice" if owner[id(p)] == name else f"also in group {owner[id(p)]!r}"
-                    raise ValueError(
-                        f"parameter {i} of group {name!r} (shape {tuple(p.shape)}) is {where}; "
-                        "every parameter must be in exactly one group"
-                    )
-                owner[id(p)] = name
-        in_optimizer = {id(p) for g in inner_groups for p in g["params"]}
-        missing = [
-            (n, i, p)
-            for n, ps in groups.items()
-            for i, p in enumerate(ps if not torch.is_tensor(ps) else [ps])
-            if id(p) not in in_optimizer
-        ]
-        if missing:
-            n, i, p = missing[0]
-            raise ValueError(
-                f"parameter {i} of group {n!r} (shape {tuple(p.shape)}) is not in the optimizer "
-                f"({len(missing)} such); pass the same parameters to the optimizer and to groups"
-            )
-        ungrouped = [
-            (j, i, p) for j, g in enumerate(inner_groups) for i, p in enumerate(g["params"]) if id(p) not in owner
-        ]
-        if ungrouped:
-            j, i, p = ungrouped[0]
-            hint = (
-                "it is frozen: build the optimizer from the trainable parameters only "
-                "([p for p in model.parameters() if p.requires_grad]) or group with "
-                "group_parameters(model, include_frozen=True)"
-                if all(not q.requires_grad for _, _, q in ungrouped)
-                else "add it to a group, e.g. with group_parameters(model)"
-            )
-            raise ValueError(
-                f"parameter {i} of the optimizer's param group {j} (shape {tuple(p.shape)}) is in no group "
-                f"({len(ungrouped)} such); {hint}"
-            )
-        order = list(groups.keys())
-        split = []
-        for g in inner_groups:
-            rest = {k: v for k, v in g.items() if k not in ("params", "param_names")}
-            for name in order:
-                keep = [i for i, p in enumerate(g["params"]) if owner[id(p)] == name]
-                if keep:
-                    part = {
-                        **rest,
-                        "params": [g["params"][i] for i in keep],
-                        "adapeft_name": name,
-                        "adapeft_base_lr": _lr_value(g),
-                    }
-                    if "param_names" in g:  # optimizers built from named_parameters()
-                        part["param_names"] = [g["param_names"][i] for i in keep]
-                    split.append(part)
-        # In place: references to the list (an LR scheduler made later, Accelerate) stay valid.
-        inner_groups[:] = split
 
     # -- the wrapper's state, in the param groups (Note [State in the param groups]) ---------------
     _step = _shared("step", "Steps taken (probe steps included).")
@@ -441,11 +304,6 @@ class GeNAdaPEFT(Optimizer):
         """Number of parameters in each group."""
         return {n: sum(p.numel() for g in self._groups_of(n) for p in g["params"]) for n in self._stats}
 
-    @property
-    def masked(self) -> tuple[str, ...] | None:
-        """The selected group names in masked mode, else ``None``."""
-        return self._mask
-
     # -- the step -------------------------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
@@ -465,15 +323,6 @@ class GeNAdaPEFT(Optimizer):
         raise RuntimeError(
             "GeNAdaPEFT cannot take new param groups; add them to the inner optimizer before wrapping it"
         )
-
-    def _active(self, name: str) -> bool:
-        return self._mask is None or name in self._mask
-
-    def _drop_masked_grads(self) -> None:
-        for g in self.param_groups:
-            if not self._active(g["adapeft_name"]):
-                for p in g["params"]:
-                    p.grad = None
 
     def _inner_step(self, lrs: Sequence[float]) -> None:
         saved = [g["lr"] for g in self.param_groups]
@@ -550,126 +399,6 @@ class GeNAdaPEFT(Optimizer):
                 "empty or exhausted iterator; for an endless stream use itertools.cycle"
             ) from None
 
-    # -- selection and masked mode --------------------------------------------------------------
-    def select(self, budget: float, method: str = "greedy"):
-        """Groups worth training under ``budget`` (a fraction of all parameters), from ``appi``.
-
-        Args:
-            budget: fraction of all parameters in [0, 1].
-            method: ``"greedy"`` (walk the APPI order, skipping what does not fit),
-                ``"prefix"`` (the paper's nested prefixes: stop at the first that does not fit)
-                or ``"exact"`` (0-1 knapsack, paper eq. 4) (default: "greedy").
-
-        Groups that could not learn alone when the optimizer was built (``lora_A`` while its
-        ``lora_B`` was zero, see :func:`~adapeft_optim.selection.group_dependencies`) are only
-        selected together with their partner.
-
-        Returns:
-            A :class:`~adapeft_optim.selection.Selection` (empty, with an
-            ``EmptySelectionWarning`` naming the smallest budget that fits, when nothing fits).
-        """
-        from .selection import select_groups
-
-        if not self._any_valued():
-            raise RuntimeError(
-                "select() needs at least one valued probe (a finite, parabola-shaped line); run more steps "
-                "(probes happen every "
-                f"lazy={self.lazy} steps) or check opt.history for why probes were rejected"
-            )
-        return select_groups(self.appi, self.numel, budget, method=method, requires=self.requires)
-
-    def mask(self, selection) -> None:
-        """Switch to masked mode: only the selected groups train from now on (design §7).
-
-        Unselected groups lose their gradients and inner optimizer state and are never updated
-        again; with ``freeze=True`` they also get ``requires_grad_(False)``. Probes and APPI go on
-        for the selected groups only.
-
-        Args:
-            selection: a :class:`~adapeft_optim.selection.Selection` or an iterable of group names.
-        """
-        if self._mask is not None:
-            raise RuntimeError(f"already in masked mode with {list(self._mask)}; masked mode is switched on once")
-        names = (selection,) if isinstance(selection, str) else tuple(getattr(selection, "groups", selection))
-        unknown = [n for n in names if n not in self._stats]
-        if unknown:
-            raise ValueError(f"unknown group name(s) {unknown}; the groups are {self.names}")
-        if not names:
-            raise ValueError("the selection is empty: masked mode would train nothing; raise the budget")
-        if self.freeze and _world_size() > 1:
-            # DDP's reducer waits for a gradient of every parameter it was built with; frozen ones
-            # never send one, and the next forward fails with "Expected to have finished reduction".
-            warnings.warn(
-                "masked mode with freeze=True under torch.distributed: wrap the module in a new "
-                "DistributedDataParallel after mask() (it then reduces only the selected groups), or build "
-                "GeNAdaPEFT(..., freeze=False) to keep every parameter in the reduction",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        self._apply_mask(names)
-        self.selection = selection if hasattr(selection, "to_json") else None
-
-    def _any_valued(self) -> bool:
-        return any(s["valued"] for s in self._stats.values())
-
-    def mask_at_budget(self, budget: float, method: str = "greedy"):
-        """Switch to masked mode with ``select(budget, method)`` when that is possible.
-
-        For automatic switches in the middle of a run, where raising would end it over a setting:
-        instead of the errors of :meth:`select` and :meth:`mask` it warns and returns ``None`` when
-        no probe has been valued yet (call again later) or when no group fits ``budget``.
-
-        Returns:
-            The :class:`~adapeft_optim.selection.Selection` now trained, or ``None``.
-        """
-        if not self._any_valued():
-            warnings.warn(
-                "masked switch postponed: no probe has been valued yet (see opt.history for the reasons)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None
-        from .selection import EmptySelectionWarning, greedy_order
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", EmptySelectionWarning)  # said below, in context
-            selection = self.select(budget, method)
-        if not selection.groups:
-            notes = " ".join(selection.notes)
-            warnings.warn(
-                f"masked switch skipped: no group fits budget={budget} (greedy order "
-                f"{greedy_order(self.appi, self.numel)}, sizes {self.numel}); raise the budget. {notes}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None
-        self.mask(selection)
-        return selection
-
-    def _apply_mask(self, names: tuple[str, ...]) -> None:
-        self._mask = tuple(n for n in self._stats if n in names)
-        for g in self.param_groups:
-            if g["adapeft_name"] not in self._mask:
-                for p in g["params"]:
-                    p.grad = None
-                    self.state.pop(p, None)
-                    if self.freeze:
-                        p.requires_grad_(False)
-
-    def _maybe_switch(self, probed: bool) -> None:
-        if self.budget is None or self._mask is not None:
-            return
-        due = self.select_after is not None and self._step >= self.select_after
-        if probed and self.stable_probes is not None:
-            from .selection import greedy_order
-
-            ranking = tuple(greedy_order(self.appi, self.numel))
-            self._stable_count = self._stable_count + 1 if ranking == self._ranking else 0
-            self._ranking = ranking
-            due = due or (self._stable_count >= self.stable_probes and all(s["valued"] for s in self._stats.values()))
-        if due and self.mask_at_budget(self.budget, self.select_method) is None and self._any_valued():
-            self.budget = None  # nothing fits: keep training every group, stop trying
-
     # -- checkpoints ----------------------------------------------------------------------------
     # state_dict() is torch's own: the wrapper's values are in the param groups it saves.
 
@@ -684,7 +413,7 @@ class GeNAdaPEFT(Optimizer):
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        self._validate(state_dict)
+        validate_state_dict(state_dict, [g["adapeft_name"] for g in self.param_groups])
         before = copy.deepcopy(self.optimizer.state_dict())
         try:
             self.optimizer.load_state_dict(state_dict)
@@ -695,48 +424,6 @@ class GeNAdaPEFT(Optimizer):
             self._apply_mask(tuple(self._mask))
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
-
-    def _validate(self, state_dict: Any) -> None:
-        """Check the ``adapeft_*`` values of a state dict against this optimizer, or raise a
-        ``ValueError`` naming the key and the fix."""
-        groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
-        if not isinstance(groups, (list, tuple)) or any(not isinstance(g, Mapping) for g in groups):
-            raise ValueError("state_dict has no list of param_groups; save it with opt.state_dict()")
-        names = [g.get("adapeft_name") for g in groups]
-        if names != [g["adapeft_name"] for g in self.param_groups]:
-            if not any(names):
-                raise ValueError(
-                    "state_dict's param groups have no adapeft_name: it is not from GeNAdaPEFT.state_dict(); "
-                    "load an inner optimizer's state into the inner optimizer before wrapping it"
-                )
-            raise ValueError(
-                f"state_dict is for groups {names}, this optimizer has "
-                f"{[g['adapeft_name'] for g in self.param_groups]}; build it with the same groups"
-            )
-        for i, g in enumerate(groups):
-            missing = [f"adapeft_{k}" for k in (*_GROUP_START, *_SHARED_START) if f"adapeft_{k}" not in g]
-            if missing:
-                raise ValueError(f"state_dict['param_groups'][{i}] lacks {missing}; save it with opt.state_dict()")
-            for key, low in (("factor", 0.0), ("spacing", 1.0), ("appi", 0.0)):
-                value = g[f"adapeft_{key}"]
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                if not ok or value < low or (key == "factor" and value == 0.0):
-                    bound = "> 0" if key == "factor" else f">= {low:g}"
-                    raise ValueError(
-                        f"state_dict['param_groups'][{i}]['adapeft_{key}'] = {value!r}: must be a finite number {bound}"
-                    )
-            for key, low in (("step", 0), ("interval", 1), ("due", 0)):
-                value = g[f"adapeft_{key}"]
-                if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                    raise ValueError(
-                        f"state_dict['param_groups'][{i}]['adapeft_{key}'] must be an int >= {low}, got {value!r}"
-                    )
-            mask = g["adapeft_mask"]
-            if mask is not None and (isinstance(mask, str) or any(n not in names for n in mask)):
-                raise ValueError(
-                    f"state_dict['param_groups'][{i}]['adapeft_mask'] = {mask!r} names unknown "
-                    f"groups; the groups are {list(dict.fromkeys(names))}"
-                )
 
     def __getstate__(self) -> dict[str, Any]:
         # torch's Optimizer.__getstate__ keeps defaults/state/param_groups only, which here are

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
+from ..masking import SwitchPolicy, check_method
 from ..optimizer import GeNAdaPEFT
 from .closures import _LOG_PREFIX, BatchLoss, ProbeBatches, ReplayClosure
 from .factory import _distributed_world_size, unwrap_optimizer
@@ -84,12 +84,9 @@ class GeNAdaPEFTCallback(TrainerCallback):
                 f"mask_at={mask_at!r} and budget={budget!r}: give both (switch to masked mode at mask_at "
                 "keeping the fraction budget of parameters) or neither"
             )
-        if budget is not None and (
-            isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 <= budget <= 1.0
-        ):
-            raise ValueError(f"Invalid budget: {budget!r}; use a fraction of parameters in [0, 1]")
-        if method not in ("greedy", "prefix", "exact"):
-            raise ValueError(f"Invalid method: {method!r}; use 'greedy', 'prefix' or 'exact'")
+        # The switch rule the optimizer's automatic switch uses too (validates budget and method).
+        self.policy = SwitchPolicy(budget, method, at=mask_at) if budget is not None else None
+        check_method(method)
         self.budget = budget
         self.method = method
         self._opt: GeNAdaPEFT | None = unwrap_optimizer(optimizer) if optimizer is not None else None
@@ -123,11 +120,8 @@ class GeNAdaPEFTCallback(TrainerCallback):
                 "fails with 'Expected to have finished reduction in the prior iteration'"
             )
         self._give_probe_batches(opt, args, kwargs.get("model"), kwargs.get("train_dataloader"))
-        if self.mask_at is not None:
-            if isinstance(self.mask_at, int):
-                self._mask_step = self.mask_at
-            else:
-                self._mask_step = max(1, math.ceil(self.mask_at * state.max_steps))
+        if self.policy is not None:
+            self._mask_step = self.policy.step_of(state.max_steps)
 
     def _give_probe_batches(self, opt: GeNAdaPEFT, args: Any, model: Any, loader: Any) -> None:
         replay = isinstance(opt.closure, ReplayClosure)
@@ -155,11 +149,12 @@ class GeNAdaPEFTCallback(TrainerCallback):
         opt = self._optimizer(optimizer)
         if opt is None or self._mask_step is None or opt.masked is not None:
             return
-        if state.global_step < self._mask_step:
+        if not self.policy.due(state.global_step, max_steps=state.max_steps):
             return
-        if opt.mask_at_budget(self.budget, self.method) is not None:
+        selection, keep_trying = self.policy.switch(opt)
+        if selection is not None:
             self.masked_at = state.global_step
-        elif any(r["case"] is not None for r in opt.history):
+        elif not keep_trying:
             self._mask_step = None  # no group fits the budget: keep training every group
 
     def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):

@@ -1,0 +1,98 @@
+"""The checks of GeNAdaPEFT's options, each with the fix in its message."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from .inner import _check_inner, _check_takes_batch
+from .masking import SwitchPolicy, check_method
+
+
+def check_options(
+    optimizer: Any,
+    closure: Any,
+    probe_data: Any,
+    lazy: Any,
+    r2_min: float,
+    smoothing: float,
+    max_change: float,
+    z: float,
+    loss_rtol: float | None,
+    max_spacing: float,
+    budget: Any,
+    select_after: Any,
+    stable_probes: Any,
+    select_method: Any,
+    max_lr_factor: Any,
+    max_interval: Any,
+    history_size: Any,
+) -> None:
+    """Raise a ``TypeError``/``ValueError`` naming the first bad option and its fix."""
+    if type(optimizer).__name__ == "GeNAdaPEFT":
+        raise TypeError("optimizer is already a GeNAdaPEFT; wrap the inner optimizer once")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer (e.g. torch.optim.AdamW), got {type(optimizer).__name__}"
+        )
+    if closure is not None and not callable(closure):
+        raise TypeError(f"closure must be callable (e.g. lambda: model(**batch).loss), got {type(closure).__name__}")
+    if isinstance(lazy, bool) or not isinstance(lazy, int) or lazy < 0:
+        raise ValueError(f"Invalid lazy: {lazy!r}; use an int >= 0 (0 turns probing off)")
+    if not 0.0 <= r2_min <= 1.0:
+        raise ValueError(f"Invalid r2_min: {r2_min}; use a value in [0, 1]")
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"Invalid smoothing: {smoothing}; use a value in [0, 1)")
+    if not (math.isfinite(max_change) and max_change >= 1.0):
+        raise ValueError(f"Invalid max_change: {max_change}; use a finite value >= 1")
+    if not (math.isfinite(z) and z >= 0.0):
+        raise ValueError(f"Invalid z: {z}; use a finite value >= 0")
+    if loss_rtol is not None and not (math.isfinite(loss_rtol) and loss_rtol >= 0.0):
+        raise ValueError(f"Invalid loss_rtol: {loss_rtol}; use a finite value >= 0 or None")
+    if not (math.isfinite(max_spacing) and max_spacing >= 1.0):
+        raise ValueError(f"Invalid max_spacing: {max_spacing}; use a finite value >= 1")
+    if (select_after is not None or stable_probes is not None) and budget is None:
+        raise ValueError("select_after/stable_probes need budget= (the fraction of parameters to keep training)")
+    for key, value in (("select_after", select_after), ("stable_probes", stable_probes)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"Invalid {key}: {value!r}; use an int >= 1 or None")
+    if budget is not None:  # the switch's own checks (budget, method): one place for them
+        SwitchPolicy(budget, method=select_method, at=select_after, stable_probes=stable_probes)
+    else:
+        check_method(select_method)
+    _check_inner(optimizer)
+    if not (isinstance(max_lr_factor, (int, float)) and math.isfinite(max_lr_factor) and max_lr_factor >= 1.0):
+        raise ValueError(f"Invalid max_lr_factor: {max_lr_factor!r}; use a finite value >= 1")
+    if probe_data is not None:
+        if not isinstance(probe_data, Iterable) or isinstance(probe_data, Mapping) or torch.is_tensor(probe_data):
+            raise TypeError(
+                "probe_data must be an iterable of batches (a list, a DataLoader), got "
+                f"{type(probe_data).__name__}; "
+                "for one batch pass [batch]"
+            )
+        if closure is not None:
+            _check_takes_batch(closure)
+
+    if isinstance(max_interval, bool) or not isinstance(max_interval, int) or max_interval < 1:
+        raise ValueError(f"Invalid max_interval: {max_interval!r}; use an int >= 1 (1: every group every probe)")
+    if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
+        raise ValueError(f"Invalid history_size: {history_size!r}; use an int >= 0 (records kept)")
+
+
+def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    try:
+        values = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid scales: {scales!r}; use a sequence of numbers such as (-2, -1, 1, 2)") from None
+    if any(not math.isfinite(s) or s == 0.0 for s in values):
+        raise ValueError(f"Invalid scales: {scales!r}; every scale must be finite and non-zero (L0 is always measured)")
+    if len(set(values)) != len(values) or len(values) < 2:
+        raise ValueError(
+            f"Invalid scales: {scales!r}; need at least two distinct scales to fit b and A, "
+            "e.g. (-1, 1) or (-2, -1, 1, 2)"
+        )
+    return values
