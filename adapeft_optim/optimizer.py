@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,23 +17,12 @@ from torch.optim import Optimizer
 from .inner import _lr_value, _set_lr, _step_without_global_hooks
 from .masking import MaskedMode
 from .options import check_options, check_scales
-from .probe import NO_BATCH, Probe
-from .state import _GROUP_START, _SHARED_START, _GroupStats, _shared, split_param_groups, validate_state_dict
+from .probe import NO_BATCH, Probe, next_probe_batch
+from .state import _GroupStats, _shared, init_state, split_param_groups, validate_state_dict
 
 __all__ = ["GeNAdaPEFT"]
 
 Closure = Callable[[], torch.Tensor | float]
-
-# Note [Probe batches]
-# ~~~~~~~~~~~~~~~~~~~~
-# The slope b = Gᵀd must be measured on data the step has not seen. On the batch whose gradient
-# built d, Gᵀd is inflated (d fits that batch's noise): measured 1.0-5.2x per group on real text
-# (GPT-2 + LoRA), so b/A comes out several times too large and every probe asks for a larger lr.
-# With ``probe_data`` each probe draws the next batch (the iterable is started over when it
-# ends), and all forwards of that probe, the joint check's included, evaluate that one batch
-# under one replayed RNG state. GeN's reference code does the same with a second iterator. A
-# sequence (a list, ProbeBatches) is indexed by the count of batches drawn, which checkpoints
-# carry, so a resumed run probes the same batches; any other iterable starts over on resume.
 
 
 class GeNAdaPEFT(MaskedMode, Optimizer):
@@ -152,45 +141,20 @@ class GeNAdaPEFT(MaskedMode, Optimizer):
             budget, select_after, stable_probes, select_method, max_lr_factor, max_interval, history_size,
         )  # fmt: skip
         scales = check_scales(scales)
-        # Optimizer.__init__ would rebuild param groups from scratch; we share the inner ones.
-        self._optimizer_step_pre_hooks = OrderedDict()
-        self._optimizer_step_post_hooks = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        self._patch_step_function()
-
-        self.optimizer = optimizer
-        self.closure = closure
-        self.lazy = lazy
-        self.scales = scales
-        self.r2_min = float(r2_min)
-        self.smoothing = float(smoothing)
-        self.max_change = float(max_change)
-        self.z = float(z)
-        self.loss_rtol = loss_rtol
-        self.max_spacing = float(max_spacing)
-        self.select_after = select_after
-        self.stable_probes = stable_probes
-        self.select_method = select_method
-        self.freeze = bool(freeze)
-        self.max_lr_factor = float(max_lr_factor)
-        self.joint_check = bool(joint_check)
-        self.adapt_lr = bool(adapt_lr)
-        self._probe_data = probe_data
-        self._probe_iter: Iterator[Any] | None = None
-        self.max_interval = max_interval
-        self.max_interval = max_interval
+        self._init_hooks()
+        self.optimizer, self.closure, self.lazy, self.scales = optimizer, closure, lazy, scales
+        self.r2_min, self.smoothing, self.max_change = float(r2_min), float(smoothing), float(max_change)
+        self.z, self.loss_rtol, self.max_spacing = float(z), loss_rtol, float(max_spacing)
+        self.select_after, self.stable_probes, self.select_method = select_after, stable_probes, select_method
+        self.freeze, self.max_lr_factor = bool(freeze), float(max_lr_factor)
+        self.joint_check, self.adapt_lr, self.max_interval = bool(joint_check), bool(adapt_lr), max_interval
+        self._probe_data, self._probe_iter = probe_data, None
         self.history_size = history_size
         self.history: list[dict[str, Any]] = []
 
         split_param_groups(self.optimizer.param_groups, groups)
         self._shapes = self._param_shapes()
-        # Note [State in the param groups]: every value of the wrapper starts here.
-        for g in self.param_groups:
-            g.update({f"adapeft_{k}": v for k, v in _GROUP_START.items()})
-            g.update({f"adapeft_{k}": v for k, v in _SHARED_START.items()})
+        init_state(self.param_groups)  # Note [State in the param groups]
         self.budget = budget
         # Which groups cannot learn alone, read off the weights as wrapped (lora_A while lora_B is
         # zero): a selection is applied to a fresh adapter, whatever training did to this one.
@@ -199,6 +163,16 @@ class GeNAdaPEFT(MaskedMode, Optimizer):
         self.requires = group_dependencies(
             {n: [p for g in self._groups_of(n) for p in g["params"]] for n in self.names}
         )
+
+    def _init_hooks(self) -> None:
+        # Optimizer.__init__ would rebuild param groups from scratch; we share the inner ones.
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self._patch_step_function()
 
     @property
     def probe_data(self) -> Iterable[Any] | None:
@@ -370,37 +344,13 @@ class GeNAdaPEFT(MaskedMode, Optimizer):
                         "closure=lambda batch: model(**batch).loss with probe_data= to GeNAdaPEFT, or call "
                         "step(closure)"
                     )
-                batch = self._next_probe_batch() if self.probe_data is not None else NO_BATCH
+                batch = next_probe_batch(self) if self.probe_data is not None else NO_BATCH
                 loss = Probe(self, closure, batch).run()
             else:
                 self._inner_step(lrs)
                 self._step += 1
         self._maybe_switch(probed=probing)
         return loss
-
-    def _next_probe_batch(self) -> Any:
-        """The next batch of ``probe_data``, starting it over when it ends (Note [Probe batches])."""
-        count, self._probe_count = self._probe_count, self._probe_count + 1
-        if isinstance(self.probe_data, Sequence):  # by index: a resumed run draws the same batch
-            if not len(self.probe_data):
-                raise RuntimeError("probe_data is empty; give it at least one batch")
-            return self.probe_data[count % len(self.probe_data)]
-        if self._probe_iter is None:
-            self._probe_iter = iter(self.probe_data)
-        try:
-            return next(self._probe_iter)
-        except StopIteration:
-            self._probe_iter = iter(self.probe_data)
-        try:
-            return next(self._probe_iter)
-        except StopIteration:
-            raise RuntimeError(
-                "probe_data yielded no batch: pass a re-iterable of batches (a list, a DataLoader), not an "
-                "empty or exhausted iterator; for an endless stream use itertools.cycle"
-            ) from None
-
-    # -- checkpoints ----------------------------------------------------------------------------
-    # state_dict() is torch's own: the wrapper's values are in the param groups it saves.
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict made by :meth:`state_dict` of a GeNAdaPEFT built the same way.

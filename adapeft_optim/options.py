@@ -43,6 +43,28 @@ def check_options(
         raise TypeError(f"closure must be callable (e.g. lambda: model(**batch).loss), got {type(closure).__name__}")
     if isinstance(lazy, bool) or not isinstance(lazy, int) or lazy < 0:
         raise ValueError(f"Invalid lazy: {lazy!r}; use an int >= 0 (0 turns probing off)")
+    _check_fit_options(r2_min, smoothing, max_change, z, loss_rtol, max_spacing)
+    _check_switch(budget, select_after, stable_probes, select_method)
+    _check_inner(optimizer)
+    if not (isinstance(max_lr_factor, (int, float)) and math.isfinite(max_lr_factor) and max_lr_factor >= 1.0):
+        raise ValueError(f"Invalid max_lr_factor: {max_lr_factor!r}; use a finite value >= 1")
+    if probe_data is not None:
+        if not isinstance(probe_data, Iterable) or isinstance(probe_data, Mapping) or torch.is_tensor(probe_data):
+            raise TypeError(
+                "probe_data must be an iterable of batches (a list, a DataLoader), got "
+                f"{type(probe_data).__name__}; for one batch pass [batch]"
+            )
+        if closure is not None:
+            _check_takes_batch(closure)
+    if isinstance(max_interval, bool) or not isinstance(max_interval, int) or max_interval < 1:
+        raise ValueError(f"Invalid max_interval: {max_interval!r}; use an int >= 1 (1: every group every probe)")
+    if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
+        raise ValueError(f"Invalid history_size: {history_size!r}; use an int >= 0 (records kept)")
+
+
+def _check_fit_options(
+    r2_min: float, smoothing: float, max_change: float, z: float, loss_rtol: float | None, max_spacing: float
+) -> None:
     if not 0.0 <= r2_min <= 1.0:
         raise ValueError(f"Invalid r2_min: {r2_min}; use a value in [0, 1]")
     if not 0.0 <= smoothing < 1.0:
@@ -55,6 +77,9 @@ def check_options(
         raise ValueError(f"Invalid loss_rtol: {loss_rtol}; use a finite value >= 0 or None")
     if not (math.isfinite(max_spacing) and max_spacing >= 1.0):
         raise ValueError(f"Invalid max_spacing: {max_spacing}; use a finite value >= 1")
+
+
+def _check_switch(budget: Any, select_after: Any, stable_probes: Any, select_method: Any) -> None:
     if (select_after is not None or stable_probes is not None) and budget is None:
         raise ValueError("select_after/stable_probes need budget= (the fraction of parameters to keep training)")
     for key, value in (("select_after", select_after), ("stable_probes", stable_probes)):
@@ -64,23 +89,6 @@ def check_options(
         SwitchPolicy(budget, method=select_method, at=select_after, stable_probes=stable_probes)
     else:
         check_method(select_method)
-    _check_inner(optimizer)
-    if not (isinstance(max_lr_factor, (int, float)) and math.isfinite(max_lr_factor) and max_lr_factor >= 1.0):
-        raise ValueError(f"Invalid max_lr_factor: {max_lr_factor!r}; use a finite value >= 1")
-    if probe_data is not None:
-        if not isinstance(probe_data, Iterable) or isinstance(probe_data, Mapping) or torch.is_tensor(probe_data):
-            raise TypeError(
-                "probe_data must be an iterable of batches (a list, a DataLoader), got "
-                f"{type(probe_data).__name__}; "
-                "for one batch pass [batch]"
-            )
-        if closure is not None:
-            _check_takes_batch(closure)
-
-    if isinstance(max_interval, bool) or not isinstance(max_interval, int) or max_interval < 1:
-        raise ValueError(f"Invalid max_interval: {max_interval!r}; use an int >= 1 (1: every group every probe)")
-    if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
-        raise ValueError(f"Invalid history_size: {history_size!r}; use an int >= 0 (records kept)")
 
 
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:

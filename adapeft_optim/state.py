@@ -47,6 +47,13 @@ _SHARED_START = {
 }
 
 
+def init_state(param_groups: list[dict]) -> None:
+    """Every ``adapeft_*`` value at its start (Note [State in the param groups])."""
+    for g in param_groups:
+        g.update({f"adapeft_{k}": v for k, v in _GROUP_START.items()})
+        g.update({f"adapeft_{k}": v for k, v in _SHARED_START.items()})
+
+
 class _GroupStats(MutableMapping):
     """A named group's ``adapeft_*`` values, read from its first param group, written to all."""
 
@@ -104,6 +111,30 @@ def split_param_groups(inner_groups: list[dict], groups: Mapping[str, Iterable[t
         raise TypeError(
             f"groups must map a name to parameters (e.g. group_parameters(model)), got {type(groups).__name__}"
         )
+    owner = _owners(groups)
+    _check_coverage(inner_groups, groups, owner)
+    order = list(groups.keys())
+    split = []
+    for g in inner_groups:
+        rest = {k: v for k, v in g.items() if k not in ("params", "param_names")}
+        for name in order:
+            keep = [i for i, p in enumerate(g["params"]) if owner[id(p)] == name]
+            if keep:
+                part = {
+                    **rest,
+                    "params": [g["params"][i] for i in keep],
+                    "adapeft_name": name,
+                    "adapeft_base_lr": _lr_value(g),
+                }
+                if "param_names" in g:  # optimizers built from named_parameters()
+                    part["param_names"] = [g["param_names"][i] for i in keep]
+                split.append(part)
+    # In place: references to the list (an LR scheduler made later, Accelerate) stay valid.
+    inner_groups[:] = split
+
+
+def _owners(groups: Mapping[str, Any]) -> dict[int, str]:
+    """id(parameter) -> its group's name, checking every parameter is in one group once."""
     owner: dict[int, str] = {}
     for name, params in groups.items():
         if not isinstance(name, str):
@@ -121,6 +152,11 @@ def split_param_groups(inner_groups: list[dict], groups: Mapping[str, Iterable[t
                     "every parameter must be in exactly one group"
                 )
             owner[id(p)] = name
+    return owner
+
+
+def _check_coverage(inner_groups: list[dict], groups: Mapping[str, Any], owner: dict[int, str]) -> None:
+    """Every grouped parameter is in the optimizer, and every optimizer parameter in a group."""
     in_optimizer = {id(p) for g in inner_groups for p in g["params"]}
     missing = [
         (n, i, p)
@@ -148,24 +184,6 @@ def split_param_groups(inner_groups: list[dict], groups: Mapping[str, Iterable[t
             f"parameter {i} of the optimizer's param group {j} (shape {tuple(p.shape)}) is in no group "
             f"({len(ungrouped)} such); {hint}"
         )
-    order = list(groups.keys())
-    split = []
-    for g in inner_groups:
-        rest = {k: v for k, v in g.items() if k not in ("params", "param_names")}
-        for name in order:
-            keep = [i for i, p in enumerate(g["params"]) if owner[id(p)] == name]
-            if keep:
-                part = {
-                    **rest,
-                    "params": [g["params"][i] for i in keep],
-                    "adapeft_name": name,
-                    "adapeft_base_lr": _lr_value(g),
-                }
-                if "param_names" in g:  # optimizers built from named_parameters()
-                    part["param_names"] = [g["param_names"][i] for i in keep]
-                split.append(part)
-    # In place: references to the list (an LR scheduler made later, Accelerate) stay valid.
-    inner_groups[:] = split
 
 
 def validate_state_dict(state_dict: Any, own_names: list[str]) -> None:
