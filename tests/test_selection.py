@@ -17,7 +17,7 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import adapeft_optim.selection as selection_module
+import adapeft_optim.selection.knapsack as knapsack_module
 from adapeft_optim.grouping import group_parameters
 from adapeft_optim.selection import (
     EmptySelectionWarning,
@@ -632,14 +632,14 @@ def test_pareto_frontier_and_greedy_order_validate():
 
 def test_exact_frontier_explosion_suggests_greedy(monkeypatch):
     # Equal APPI and power-of-two sizes make every one of the 2**12 subsets Pareto-optimal.
-    monkeypatch.setattr(selection_module, "_MAX_PARETO_WORK", 2**12)
+    monkeypatch.setattr(knapsack_module, "_MAX_PARETO_WORK", 2**12)
     appi = {f"g{i}": 1.0 for i in range(12)}
     numel = {f"g{i}": 2**i for i in range(12)}
     with pytest.raises(ValueError, match=r"over 12 groups has too many Pareto-optimal subsets.*method='greedy'"):
         pareto_frontier(appi, numel, method="exact")
     with pytest.raises(ValueError, match=r"too many Pareto-optimal subsets"):
         select_groups(appi, numel, 1.0, method="exact")
-    monkeypatch.setattr(selection_module, "_MAX_PARETO_WORK", 2**14)
+    monkeypatch.setattr(knapsack_module, "_MAX_PARETO_WORK", 2**14)
     frontier = pareto_frontier(appi, numel, method="exact")
     assert [round(p.fraction * 4095) for p in frontier] == list(range(4096))
 
