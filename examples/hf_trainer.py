@@ -21,7 +21,7 @@ import torch
 import transformers
 
 from adapeft_optim import GeNAdaPEFT, describe_groups, group_parameters
-from adapeft_optim.integrations import GeNAdaPEFTCallback
+from adapeft_optim.integrations.hf import GeNAdaPEFTCallback
 
 VOCAB, SEQ = 128, 32
 

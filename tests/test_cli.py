@@ -22,7 +22,9 @@ from adapeft_optim import task as T
 from adapeft_optim.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-HEAVY = ("torch", "transformers", "peft", "numpy", "matplotlib", "tokenizers")
+# What `adapeft --help` must not pay for: the application packages. torch and numpy are the
+# core library, imported by `import adapeft_optim` itself (plain imports, no lazy loader).
+HEAVY = ("transformers", "peft", "matplotlib", "tokenizers")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY_DEMO = [

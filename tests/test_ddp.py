@@ -19,7 +19,8 @@ import transformers
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from adapeft_optim import GeNAdaPEFT, group_parameters
-from adapeft_optim.integrations import BatchLoss, GeNAdaPEFTCallback
+from adapeft_optim.integrations import BatchLoss
+from adapeft_optim.integrations.hf import GeNAdaPEFTCallback
 
 WORLD = 2
 VOCAB, SEQ = 128, 16

@@ -17,13 +17,13 @@ from torch import nn
 from adapeft_optim import GeNAdaPEFT, group_parameters
 from adapeft_optim.integrations import (
     BatchLoss,
-    GeNAdaPEFTCallback,
     GeNAdaPEFTFactory,
     ProbeBatches,
     ReplayClosure,
     replay_closure,
     unwrap_optimizer,
 )
+from adapeft_optim.integrations.hf import GeNAdaPEFTCallback
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),

@@ -18,22 +18,16 @@ Example::
     trainer.train()   # probes draw their own batches from ds
 
 One module per concern: :mod:`.closures` and :mod:`.factory` need torch alone; :mod:`.hf`
-(the Trainer callback) imports transformers, and is imported here only when transformers is
-installed (``pip install 'adapeft-optim[hf]'``).
+(the Trainer callback) imports transformers, so it is imported from its module,
+``from adapeft_optim.integrations.hf import GeNAdaPEFTCallback``
+(``pip install 'adapeft-optim[hf]'``).
 """
 
 from .closures import BatchLoss, ProbeBatches, ReplayClosure, replay_closure
 from .factory import GeNAdaPEFTFactory, unwrap_optimizer
 
-try:
-    from .hf import GeNAdaPEFTCallback
-except ModuleNotFoundError as err:  # transformers is an extra; the rest works without it
-    if err.name != "transformers":
-        raise
-
 __all__ = [
     "BatchLoss",
-    "GeNAdaPEFTCallback",
     "GeNAdaPEFTFactory",
     "ProbeBatches",
     "ReplayClosure",
