@@ -23,6 +23,7 @@ __all__ = [
     "Reason",
     "best_reduction",
     "check_fit",
+    "fit_curvature",
     "fit_quadratic",
     "newton_update",
     "per_parameter_influence",
@@ -93,6 +94,46 @@ def fit_quadratic(etas: Sequence[float], dlosses: Sequence[float], noise: float 
         se_b=sigma_b * math.sqrt(max(cov[0, 0], 0.0)) / h,
         se_A=sigma_a * math.sqrt(max(cov[1, 1], 0.0)) / (h * h),
     )
+
+
+def fit_curvature(etas: Sequence[float], dlosses: Sequence[float], b: float, noise: float = 0.0) -> QuadraticFit:
+    """Fit the curvature ``A`` of ``ΔL(η) = -η b + ½ η² A`` with the slope ``b`` known (from a
+    backward pass), by least squares through the origin; one point is enough.
+
+    Args:
+        etas: probe step sizes ``η_j`` (non-zero).
+        dlosses: ``L(w - η_j d) - L(w)`` for each ``η_j``.
+        b: the slope ``Gᵀd`` at ``η = 0``, measured on the same loss.
+        noise: the loss's rounding level (absolute), the floor of the residual sigma
+            (default: 0.0).
+
+    Returns:
+        A :class:`QuadraticFit` with ``b`` as given and ``se_b = 0``; ``r2`` is 1.0 by
+        construction for a single point. Non-finite losses or slope give NaN fields.
+    """
+    eta = np.asarray(etas, dtype=np.float64)
+    y = np.asarray(dlosses, dtype=np.float64)
+    if eta.shape != y.shape or eta.ndim != 1 or eta.size < 1:
+        raise ValueError(f"etas and dlosses must be 1-D of equal, non-zero length, got {eta.shape} and {y.shape}")
+    if not (np.all(np.isfinite(y)) and math.isfinite(b)):
+        nan = math.nan
+        return QuadraticFit(nan, nan, nan, nan, nan)
+    h = float(np.max(np.abs(eta)))
+    u = eta / h
+    x = 0.5 * u * u
+    r = y + u * (b * h)  # what the curvature term must explain
+    a_s = float(x @ r) / float(x @ x)
+    resid = r - x * a_s
+    ss_res = float(resid @ resid)
+    y0 = np.append(y, 0.0)
+    ss_tot = float(np.sum((y0 - y0.mean()) ** 2))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    dof = len(y) - 1
+    # On a symmetric stencil the odd (cubic) part of the line leaves residuals but not A: A's
+    # error is measured on the even part alone, as in fit_quadratic.
+    even = _even_residual_sigma(u, y, a_s)
+    sigma = max((math.sqrt(ss_res / dof) if dof > 0 else 0.0) if even is None else even, noise)
+    return QuadraticFit(b=float(b), A=a_s / (h * h), r2=r2, se_b=0.0, se_A=sigma / math.sqrt(float(x @ x)) / (h * h))
 
 
 def _even_residual_sigma(u: np.ndarray, y: np.ndarray, a: float) -> float | None:

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from .inner import _lr_value, _set_lr, _step_without_global_hooks
+from .inner import _lr_value, _set_lr, _step_without_global_hooks, _world_size
 from .masking import MaskedMode
-from .options import check_options, check_scales
+from .options import check_options, check_scales, check_slope
 from .probe import NO_BATCH, Probe, next_probe_batch
 from .state import _GroupStats, _shared, init_state, split_param_groups, validate_state_dict
+from .trace import _is_dtensor
 
 __all__ = ["GeNAdaPEFT"]
 
@@ -64,10 +65,19 @@ class GeNAdaPEFT(MaskedMode, Optimizer):
             when it ends (default: None).
         lazy: probe every ``lazy`` steps, starting with the first; 0 turns probing off
             (default: 8).
-        scales: probe points in units of a group's effective lr. ``(-2, -1, 1, 2)`` is the
-            paper's stencil (4K + 1 forwards for K groups, R² is informative); ``(-1, 1)`` the
-            symmetric 3-point stencil (2K + 1 forwards, exact on a parabola, so R² is 1 by
-            construction and only the noise test guards it) (default: (-2, -1, 1, 2)).
+        slope: how a probe measures each group's slope b (Note [Slopes from a backward pass] in
+            probe.py). ``"backward"``: one forward and backward on the probe batch gives every
+            group's b at once, and the forwards at ``scales`` give only A (K + 1 forwards and a
+            backward for K groups). ``"stencil"``: b and A are both fitted from the forwards at
+            ``scales`` (the paper's way; forwards only). ``"auto"``: backward in a single process,
+            stencil across ranks (DDP, FSDP2: a backward outside the training step would run
+            their gradient hooks) or where the model's checkpointing refuses a second backward
+            (default: "auto").
+        scales: probe points in units of a group's effective lr. ``None``: ``(1,)`` (one point
+            along the step) with a backward slope, the paper's ``(-2, -1, 1, 2)`` with the
+            stencil (4K + 1 forwards, R² is informative); ``(-1, 1)`` is the symmetric 3-point
+            stencil (2K + 1 forwards, R² is 1 by construction). A single scale needs
+            ``slope="backward"`` (default: None).
         r2_min: minimum R² of an accepted fit (default: 0.99).
         smoothing: weight of the old lr in the Newton update, in [0, 1) (default: 0.9).
         max_change: most a single probe may multiply or divide the lr by, ≥ 1 (default: 2.0).
@@ -118,7 +128,8 @@ class GeNAdaPEFT(MaskedMode, Optimizer):
         *,
         probe_data: Iterable[Any] | None = None,
         lazy: int = 8,
-        scales: Sequence[float] = (-2, -1, 1, 2),
+        slope: str = "auto",
+        scales: Sequence[float] | None = None,
         r2_min: float = 0.99,
         smoothing: float = 0.9,
         max_change: float = 2.0,
@@ -140,7 +151,8 @@ class GeNAdaPEFT(MaskedMode, Optimizer):
             optimizer, closure, probe_data, lazy, r2_min, smoothing, max_change, z, loss_rtol, max_spacing,
             budget, select_after, stable_probes, select_method, max_lr_factor, max_interval, history_size,
         )  # fmt: skip
-        scales = check_scales(scales)
+        self.slope = check_slope(slope)
+        scales = check_scales(scales, slope)
         self._init_hooks()
         self.optimizer, self.closure, self.lazy, self.scales = optimizer, closure, lazy, scales
         self.r2_min, self.smoothing, self.max_change = float(r2_min), float(smoothing), float(max_change)
@@ -154,6 +166,13 @@ class GeNAdaPEFT(MaskedMode, Optimizer):
 
         split_param_groups(self.optimizer.param_groups, groups)
         self._shapes = self._param_shapes()
+        if slope == "backward" and (
+            _world_size() > 1 or any(_is_dtensor(p) for g in self.param_groups for p in g["params"])
+        ):
+            raise ValueError(
+                "slope='backward' runs a backward pass outside the training step, which DDP's and FSDP2's "
+                "gradient hooks would see; across ranks use slope='stencil' (or 'auto', which picks it)"
+            )
         init_state(self.param_groups)  # Note [State in the param groups]
         self.budget = budget
         # Which groups cannot learn alone, read off the weights as wrapped (lora_A while lora_B is
@@ -387,6 +406,8 @@ class GeNAdaPEFT(MaskedMode, Optimizer):
 
     def __repr__(self) -> str:
         return (
-            f"GeNAdaPEFT(lazy={self.lazy}, scales={self.scales}, r2_min={self.r2_min}, smoothing={self.smoothing}, "
-            f"max_change={self.max_change}, groups={self.names}, masked={self._mask},\n  {self.optimizer!r})"
+            f"GeNAdaPEFT(lazy={self.lazy}, slope={self.slope!r}, scales={self.scales}, "
+            f"r2_min={self.r2_min}, "
+            f"smoothing={self.smoothing}, max_change={self.max_change}, groups={self.names}, "
+            f"masked={self._mask},\n  {self.optimizer!r})"
         )

@@ -91,16 +91,35 @@ def _check_switch(budget: Any, select_after: Any, stable_probes: Any, select_met
         check_method(select_method)
 
 
-def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+SLOPES = ("auto", "backward", "stencil")
+# The default points by slope mode (Note [Slopes from a backward pass] in probe.py): a symmetric
+# pair when b comes from a backward pass (A free of the odd, cubic term; R² informative), the
+# paper's four when the stencil fits b and A.
+DEFAULT_SCALES = {"backward": (-2.0, 2.0), "stencil": (-2.0, -1.0, 1.0, 2.0)}
+
+
+def check_slope(slope: Any) -> str:
+    if slope not in SLOPES:
+        raise ValueError(f"Invalid slope: {slope!r}; use one of {', '.join(map(repr, SLOPES))}")
+    return slope
+
+
+def check_scales(scales: Sequence[float] | None, slope: str) -> tuple[float, ...] | None:
+    """The probe points of ``slope``'s mode; ``None`` (the default) stays ``None``: each probe
+    uses :data:`DEFAULT_SCALES` of the mode it runs in."""
+    if scales is None:
+        return None
     try:
         values = tuple(float(s) for s in scales)
     except (TypeError, ValueError):
         raise ValueError(f"Invalid scales: {scales!r}; use a sequence of numbers such as (-2, -1, 1, 2)") from None
     if any(not math.isfinite(s) or s == 0.0 for s in values):
         raise ValueError(f"Invalid scales: {scales!r}; every scale must be finite and non-zero (L0 is always measured)")
-    if len(set(values)) != len(values) or len(values) < 2:
+    if len(set(values)) != len(values) or not values:
+        raise ValueError(f"Invalid scales: {scales!r}; use distinct scales, e.g. (1,), (-1, 1) or (-2, -1, 1, 2)")
+    if len(values) < 2 and slope != "backward":
         raise ValueError(
-            f"Invalid scales: {scales!r}; need at least two distinct scales to fit b and A, "
-            "e.g. (-1, 1) or (-2, -1, 1, 2)"
+            f"Invalid scales: {scales!r}; with slope={slope!r} b and A are both fitted (the stencil), which "
+            "needs at least two distinct scales, e.g. (-1, 1) or (-2, -1, 1, 2); one scale needs slope='backward'"
         )
     return values

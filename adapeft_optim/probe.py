@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 
 from .inner import _lr_value, _world_size
-from .trace import _copy_, _direction, _KeepBuffers, _Line, _Reshard, _RNGState
-from .update import JOINT_SCALES, _Update, commit, fit_probe, guard, joint_scale
+from .options import DEFAULT_SCALES
+from .trace import _copy_, _direction, _is_dtensor, _KeepBuffers, _Line, _Reshard, _RNGState
+from .update import JOINT_SCALES, STACKLEVEL, _Update, commit, fit_probe, guard, joint_scale
 
 if TYPE_CHECKING:
     from .optimizer import GeNAdaPEFT
@@ -55,6 +57,18 @@ if TYPE_CHECKING:
 # under one replayed RNG state. GeN's reference code does the same with a second iterator. A
 # sequence (a list, ProbeBatches) is indexed by the count of batches drawn, which checkpoints
 # carry, so a resumed run probes the same batches; any other iterable starts over on resume.
+
+# Note [Slopes from a backward pass]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# The stencil spends 2+ forwards per group on b = Gᵀd_k, the line's slope at 0. One forward and
+# backward on the probe batch (≈ 3 forwards) gives G, so every group's b_k = ⟨G, d_k⟩ exactly (no
+# truncation error, no rounding of loss differences), and each group needs only the forwards that
+# fit A with b held fixed: one point at the default scales (1,), so K + 1 forwards and a backward
+# in place of 4K + 1 forwards. The joint check knows its slope too (b_D = Σ_k η_k b_k) and probes
+# one point, t = 1. The gradient is taken with torch.autograd.grad, into no parameter's .grad. It
+# runs in one process only ("auto"): under DDP or FSDP2 a backward outside the training step
+# would fire the engine's gradient hooks, and reentrant activation checkpointing refuses
+# autograd.grad; "auto" then probes with the stencil.
 
 NO_BATCH = object()  # the closure takes no argument (no probe_data)
 
@@ -113,7 +127,7 @@ class Probe:
             spacing = self.opt._stats[name]["spacing"]
             points += [
                 [s * spacing * lr if g["adapeft_name"] == name else 0.0 for g, lr in zip(self.groups, self.old_lrs)]
-                for s in self.opt.scales
+                for s in self.scales
             ]
         return points
 
@@ -124,10 +138,16 @@ class Probe:
             self.line.move(coeffs)
             out.append(self.loss())
             self.reshard.after_forward()
+        if not out:
+            return np.zeros(0), out
         return reduce_losses(torch.stack([v.to(torch.float64) for v in out])), out
 
     def loss(self) -> torch.Tensor:
         """The closure's loss at the parameters as they are, under the probe's RNG state."""
+        return _scalar(self.call()).detach().reshape(())
+
+    def call(self) -> Any:
+        """Run the closure on the probe batch under the probe's RNG state; it must not backward."""
         # No parameter has a .grad during the probe (the gradients are set aside): one that gets
         # one was reached by a backward() in the closure.
         self.rng.restore()
@@ -145,18 +165,52 @@ class Probe:
                 "the closure changed the gradients (called backward()?): a GeNAdaPEFT closure only computes "
                 "the loss by a forward pass; backward() belongs to the training loop"
             )
-        if torch.is_tensor(out):
-            if out.numel() != 1:
-                raise TypeError(
-                    f"the closure returned a tensor of shape {tuple(out.shape)}; it must return the scalar loss "
-                    "(e.g. reduce with .mean())"
+        return out
+
+    def mode(self) -> str:
+        """The slope mode of this probe (Note [Slopes from a backward pass])."""
+        slope = self.opt.slope
+        if slope != "auto":
+            return slope
+        distributed = _world_size() > 1 or any(_is_dtensor(p) for p in self.every)
+        return "stencil" if distributed else "backward"
+
+    def slopes(self) -> torch.Tensor | None:
+        """L0 with a backward pass at w_t: each param group's ⟨G, d⟩ (per unit lr) into
+        ``self.unit_slopes``. ``None`` when the closure's loss has no graph or the model refuses
+        ``autograd.grad`` (reentrant checkpointing) and the mode is "auto"."""
+        flat = [p for ps in self.stepped for p in ps if p.requires_grad]
+        if not flat:  # nothing moved: no slope to measure
+            self.unit_slopes = [0.0] * len(self.stepped)
+            return self.loss()
+        with torch.enable_grad():
+            out = self.call()
+            loss = _scalar(out)
+            why = None if loss.requires_grad else "the closure's loss has no autograd graph (computed under no_grad?)"
+            if why is None:
+                try:
+                    grads = iter(torch.autograd.grad(loss, flat, allow_unused=True))
+                except RuntimeError as err:
+                    if "checkpoint" not in str(err):
+                        raise
+                    why = f"the model refuses a second backward ({err})"
+        if why is not None:
+            if self.opt.slope == "backward":
+                raise RuntimeError(
+                    f"slope='backward' needs a backward pass on the probe batch, but {why}; use slope='stencil' "
+                    "(or non-reentrant checkpointing: gradient_checkpointing_kwargs={'use_reentrant': False})"
                 )
-            return out.detach().reshape(())
-        if isinstance(out, (int, float)) and not isinstance(out, bool):
-            return torch.tensor(float(out), dtype=torch.float32)
-        raise TypeError(
-            f"the closure returned {type(out).__name__}; it must return the loss as a scalar tensor or float"
-        )
+            return None
+        slopes = []
+        for ps, dirs in zip(self.stepped, self.line.dirs):
+            total = torch.zeros((), dtype=torch.float64)
+            for p, d in zip(ps, dirs):
+                g = next(grads) if p.requires_grad else None
+                if g is not None:
+                    total += _dot(g, d)
+            slopes.append(float(total))
+        self.unit_slopes = slopes
+        return loss.detach().reshape(())
 
     def run(self) -> torch.Tensor:
         """The whole probe step; returns L0, the loss at the pre-step weights on the probe batch."""
@@ -177,8 +231,8 @@ class Probe:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(_KeepBuffers())
                 stack.enter_context(self.reshard)
-                values, losses = self.losses_at(self.points(names))
-                update = fit_probe(opt, step, names, values, losses[0].dtype)
+                values, losses = self.measure(names)
+                update = fit_probe(opt, step, names, values, losses[0].dtype, self.scales, self.group_slopes(names))
                 if opt.adapt_lr:
                     guard(opt, update, moving)
                     if opt.joint_check and moving and math.isfinite(update.L0):
@@ -192,11 +246,49 @@ class Probe:
             self.finish(done)
         return losses[0]
 
+    def measure(self, names: Sequence[str]) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """L0 and each group's losses at its points (Note [Slopes from a backward pass])."""
+        self.unit_slopes: list[float] | None = None
+        self.scales = self.opt.scales or DEFAULT_SCALES[self.mode()]
+        points = self.points(names)
+        if self.mode() == "backward":
+            self.line.move(points[0])
+            L0 = self.slopes()
+            self.reshard.after_forward()
+            if L0 is not None:
+                values, losses = self.losses_at(points[1:])
+                return np.concatenate([reduce_losses(L0.to(torch.float64)[None]), values]), [L0, *losses]
+            self.opt.slope = "stencil"  # "auto" with a loss it cannot differentiate: for good
+            warnings.warn(
+                "GeNAdaPEFT(slope='auto'): no backward pass on the probe batch is possible (reentrant "
+                "checkpointing, or a closure under no_grad); probing with the stencil from now on",
+                RuntimeWarning,
+                stacklevel=STACKLEVEL,
+            )
+            self.scales = self.opt.scales or DEFAULT_SCALES["stencil"]
+            points = self.points(names)
+        return self.losses_at(points)
+
+    def group_slopes(self, names: Sequence[str]) -> dict[str, float] | None:
+        """b of each named group per unit of its effective lr, from the backward pass; or None."""
+        if self.unit_slopes is None:
+            return None
+        out = dict.fromkeys(names, 0.0)
+        for g, lr, b in zip(self.groups, self.old_lrs, self.unit_slopes):
+            if g["adapeft_name"] in out:
+                out[g["adapeft_name"]] += lr * b
+        return out
+
     def check_joint(self, update: _Update, moving: list[str]) -> None:
-        """Note [The joint step]: probe the step about to be taken, all groups together."""
+        """Note [The joint step]: probe the step about to be taken, all groups together; with a
+        backward slope b_D = Σ η_k ⟨G, d_k⟩ is known and one point, t = 1, gives the curvature."""
         new_lrs = [update.factors[g["adapeft_name"]] * _lr_value(g) for g in self.groups]
-        joint, _ = self.losses_at([[t * lr for lr in new_lrs] for t in JOINT_SCALES])
-        update.apply_joint(joint_scale(self.opt, update.L0, joint, update.noise), moving)
+        if self.unit_slopes is None:
+            ts, slope = JOINT_SCALES, None
+        else:
+            ts, slope = (1.0,), sum(lr * b for lr, b in zip(new_lrs, self.unit_slopes))
+        joint, _ = self.losses_at([[t * lr for lr in new_lrs] for t in ts])
+        update.apply_joint(joint_scale(self.opt, update.L0, ts, joint, update.noise, slope), moving)
 
     def finish(self, done: bool) -> None:
         """Parameters at the new lrs' step (``done``), else at the step the old lrs take."""
@@ -206,6 +298,26 @@ class Probe:
             for ps, saved in zip(self.stepped, self.final):
                 if ps:
                     _copy_(ps, saved)
+
+
+def _dot(g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """⟨g, d⟩ summed in float64 (products in float32 at least: bf16 ones would round)."""
+    dtype = torch.promote_types(g.dtype, torch.float32)
+    return (g.to(dtype) * d.to(dtype)).sum(dtype=torch.float64).cpu()
+
+
+def _scalar(out: Any) -> torch.Tensor:
+    """The closure's output as a 0-d tensor (a float becomes a float32 tensor), or a TypeError."""
+    if torch.is_tensor(out):
+        if out.numel() != 1:
+            raise TypeError(
+                f"the closure returned a tensor of shape {tuple(out.shape)}; it must return the scalar loss "
+                "(e.g. reduce with .mean())"
+            )
+        return out.reshape(())
+    if isinstance(out, (int, float)) and not isinstance(out, bool):
+        return torch.tensor(float(out), dtype=torch.float32)
+    raise TypeError(f"the closure returned {type(out).__name__}; it must return the loss as a scalar tensor or float")
 
 
 def reduce_losses(losses: torch.Tensor) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import numpy as np
 import torch
 
-from .fit import QuadraticFit, Reason, best_reduction, check_fit, fit_quadratic, newton_update
+from .fit import QuadraticFit, Reason, best_reduction, check_fit, fit_curvature, fit_quadratic, newton_update
 from .inner import _lr_value
 
 if TYPE_CHECKING:
@@ -137,28 +137,46 @@ class _Update:
             self.factors[name] *= self.joint_scale
 
 
-def fit_probe(opt: GeNAdaPEFT, step: int, names: list[str], values: np.ndarray, loss_dtype: torch.dtype) -> _Update:
+def fit_probe(
+    opt: GeNAdaPEFT,
+    step: int,
+    names: list[str],
+    values: np.ndarray,
+    loss_dtype: torch.dtype,
+    scales: Sequence[float],
+    slopes: dict[str, float] | None = None,
+) -> _Update:
     """Fit every probed group (``names``, in the order of ``values``: L0, then each group's
-    ``len(opt.scales)`` points) and propose its new lr factor and spacing; nothing is committed."""
+    ``len(scales)`` points) and propose its new lr factor and spacing; nothing is committed.
+    ``slopes``: each group's b per unit of its effective lr from a backward pass (then only A is
+    fitted), or None (the stencil fits both)."""
     L0 = float(values[0])
     rtol = opt.loss_rtol if opt.loss_rtol is not None else _loss_rtol(loss_dtype)
     stats = opt._stats
     update = _Update(step, L0, rtol * abs(L0) if math.isfinite(L0) else 0.0, {n: s["factor"] for n, s in stats.items()})
-    numel = opt.numel
-    k = len(opt.scales)
+    k = len(scales)
     for i, name in enumerate(names):
-        _fit_group(opt, update, name, values[1 + i * k : 1 + (i + 1) * k], rtol, numel[name])
+        Ls = values[1 + i * k : 1 + (i + 1) * k]
+        _fit_group(opt, update, name, _line_fit(update.L0, Ls, scales, opt._stats[name]["spacing"], rtol, slopes, name))
     return update
 
 
-def _fit_group(opt: GeNAdaPEFT, update: _Update, name: str, Ls: np.ndarray, rtol: float, numel: int) -> None:
-    st = opt._stats[name]
-    L0, spacing, interval = update.L0, st["spacing"], st["interval"]
-    ts = [s * spacing for s in opt.scales]  # in units of the group's effective lr
+def _line_fit(
+    L0: float, Ls: np.ndarray, scales: Sequence[float], spacing: float, rtol: float, slopes: dict | None, name: str
+) -> QuadraticFit:
+    """The group's line, in units of its effective lr: (b, A) from the stencil, or A with b known."""
+    ts = [s * spacing for s in scales]
     noise = rtol * float(np.max(np.abs(np.append(Ls, L0)))) if np.all(np.isfinite(Ls)) else 0.0
     with np.errstate(invalid="ignore", over="ignore"):  # inf − inf: a NaN fit, rejected
-        fit = fit_quadratic(ts, Ls - L0, noise=noise)
-    reason = check_fit(fit, opt.r2_min, opt.z) if math.isfinite(L0) else Reason.NON_FINITE
+        if slopes is None:
+            return fit_quadratic(ts, Ls - L0, noise=noise)
+        return fit_curvature(ts, Ls - L0, slopes[name], noise=noise)
+
+
+def _fit_group(opt: GeNAdaPEFT, update: _Update, name: str, fit: QuadraticFit) -> None:
+    st = opt._stats[name]
+    spacing, interval, numel = st["spacing"], st["interval"], opt.numel[name]
+    reason = check_fit(fit, opt.r2_min, opt.z) if math.isfinite(update.L0) else Reason.NON_FINITE
     first = opt._groups_of(name)[0]
     lr_ref = st["factor"] * _lr_value(first)
     ppi, case = influence(opt, fit, reason, numel)
@@ -252,9 +270,15 @@ def guard(opt: GeNAdaPEFT, update: _Update, names: list[str]) -> None:
     )
 
 
-def joint_scale(opt: GeNAdaPEFT, L0: float, values: np.ndarray, noise: float) -> tuple[float, float]:
-    """(scale, t*) from the joint line: t* = b/A of L(w − t·Σ η_k d_k), scale = clamp(t*, 1/max_change, 1)."""
-    fit = fit_quadratic(JOINT_SCALES, values - L0, noise=noise)
+def joint_scale(
+    opt: GeNAdaPEFT, L0: float, ts: Sequence[float], values: np.ndarray, noise: float, slope: float | None = None
+) -> tuple[float, float]:
+    """(scale, t*) from the joint line: t* = b/A of L(w − t·Σ η_k d_k), scale = clamp(t*, 1/max_change, 1).
+    ``slope``: the line's b from a backward pass (only A is fitted), or None."""
+    if slope is None:
+        fit = fit_quadratic(ts, values - L0, noise=noise)
+    else:
+        fit = fit_curvature(ts, values - L0, slope, noise=noise)
     if check_fit(fit, 0.0, opt.z) is not None:
         return 1.0, math.nan
     t_star = fit.b / fit.A

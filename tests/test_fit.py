@@ -14,8 +14,10 @@ import pytest
 
 from adapeft_optim.fit import (
     QuadraticFit,
+    Reason,
     best_reduction,
     check_fit,
+    fit_curvature,
     fit_quadratic,
     newton_update,
     per_parameter_influence,
@@ -255,3 +257,31 @@ def test_best_reduction_is_the_exact_best_step_within_the_trust_region(b, A, cas
     assert value == pytest.approx(brute, rel=1e-9, abs=1e-12)
     if case == "interior":
         assert value == pytest.approx(b * b / (2 * A))  # the paper's b²/A, halved
+
+
+@pytest.mark.parametrize("etas", [(1,), (-1, 1), (-2, 2), (-2, -1, 1, 2), (1, 3)])
+@pytest.mark.parametrize("lr", LRS)
+def test_fit_curvature_with_a_known_slope_recovers_the_parabola(etas, lr):
+    ts = [e * lr for e in etas]
+    b, A = 3.0 / lr, 5.0 / lr**2  # the Newton step b/A = 0.6 lr, as a run's lines scale
+    fit = fit_curvature(ts, parabola(ts, b, A), b)
+    assert fit.b == b and fit.se_b == 0.0
+    assert fit.A == pytest.approx(A, rel=1e-12) and fit.r2 == pytest.approx(1.0, abs=1e-12)
+
+
+def test_fit_curvature_on_a_symmetric_pair_ignores_the_odd_term_but_shows_it_in_r2():
+    ts = np.array([-0.5, 0.5])
+    b, A, T = 2.0, 3.0, 4.0
+    dl = parabola(ts, b, A) + T * ts**3 / 6  # a cubic line: its odd part is not a parabola's
+    fit = fit_curvature(ts, dl, b, noise=1e-12)
+    assert fit.A == pytest.approx(A, rel=1e-12)  # (ΔL(h) + ΔL(−h)) / h² = A exactly
+    assert fit.se_A == pytest.approx(1e-12 / math.sqrt(0.5) / 0.25, rel=1e-9)  # the noise floor alone
+    assert fit.r2 < 1.0
+    one_sided = fit_curvature(ts[1:], dl[1:], b)  # one point: the cubic enters A, as T·h/3
+    assert one_sided.A == pytest.approx(A + T * 0.5 / 3, rel=1e-12)
+
+
+def test_fit_curvature_of_non_finite_losses_is_nan():
+    fit = fit_curvature([1.0, -1.0], [math.inf, 0.0], 1.0)
+    assert all(math.isnan(v) for v in fit)
+    assert check_fit(fit, 0.9) == Reason.NON_FINITE

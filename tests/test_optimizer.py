@@ -431,14 +431,25 @@ def test_max_interval_one_probes_every_group_at_every_probe_step():
     assert all(r["weight"] == 1 for r in opt.history)
 
 
-@pytest.mark.parametrize("scales", [(-2, -1, 1, 2), (-1, 1), (1, 2)])
-def test_every_stencil_recovers_the_quadratic_exactly(scales):
+@pytest.mark.parametrize(
+    ("slope", "scales"),
+    [
+        ("stencil", (-2, -1, 1, 2)),
+        ("stencil", (-1, 1)),
+        ("stencil", (1, 2)),
+        ("backward", (-2, 2)),
+        ("backward", (1,)),
+        ("backward", (-1, 1, 3)),
+    ],
+)
+def test_every_stencil_recovers_the_quadratic_exactly(slope, scales):
     model = Quadratic(seed=1)
     opt = GeNAdaPEFT(
         torch.optim.SGD(model.parameters(), lr=0.2),
         closure=model,
         groups=model.groups(),
         lazy=1,
+        slope=slope,
         scales=scales,
         joint_check=False,
     )
@@ -456,10 +467,11 @@ def test_every_stencil_recovers_the_quadratic_exactly(scales):
         assert r["A"] == pytest.approx(float(G[sl] @ model.Q[sl, sl] @ G[sl]), rel=1e-8)
 
 
-def test_float64_gpt2_fit_matches_exact_hessian_vector_products():
+@pytest.mark.parametrize("slope", ["backward", "stencil"])
+def test_float64_gpt2_fit_matches_exact_hessian_vector_products(slope):
     model = gpt2(torch.float64)
     inner = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    opt = GeNAdaPEFT(inner, groups=group_parameters(model), lazy=1)
+    opt = GeNAdaPEFT(inner, groups=group_parameters(model), lazy=1, slope=slope)
     ids = batches(1, seed=5)[0]
     backward(model, opt, ids)
     exact = exact_slope_curvature(model, ids, adamw_direction(inner), group_of(opt))
@@ -471,10 +483,11 @@ def test_float64_gpt2_fit_matches_exact_hessian_vector_products():
         assert records[name]["A"] == pytest.approx(A, rel=0.02), name
 
 
-def test_float32_gpt2_at_lr_1e_5_accepts_probes_with_the_exact_ppi():
+@pytest.mark.parametrize("slope", ["backward", "stencil"])
+def test_float32_gpt2_at_lr_1e_5_accepts_probes_with_the_exact_ppi(slope):
     model = gpt2(torch.float32)
     inner = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    opt = GeNAdaPEFT(inner, groups=group_parameters(model), lazy=1)
+    opt = GeNAdaPEFT(inner, groups=group_parameters(model), lazy=1, slope=slope)
     names = group_of(opt)
     ratios, exact_appi = [], dict.fromkeys(opt.names, 0.0)
     for ids in batches(10, seed=1):
@@ -544,10 +557,12 @@ def test_all_forwards_of_a_probe_see_the_same_randomness_under_no_grad():
         gen.set_state(torch.get_rng_state())
         expected = torch.rand((), generator=gen).item()  # the draw from the pre-step state
         draws.clear()
+        grad_modes.clear()
         opt.step(closure)
-        # L0, 4 points for each of 3 groups, 2 for the joint step: 15 forwards, one draw.
-        assert len(draws) == 15 and set(draws) == {expected}
-        assert not any(grad_modes)
+        # L0 with the slopes (grad on), 2 points for each of 3 groups and the joint point
+        # (no grad): 8 forwards, one draw.
+        assert len(draws) == 8 and set(draws) == {expected}
+        assert grad_modes == [True] + [False] * 7
 
 
 def test_probes_leave_no_trace_on_parameters():
@@ -888,19 +903,30 @@ def test_bad_lazy_raises(lazy):
 @pytest.mark.parametrize(
     "scales, match",
     [
-        ((1, 1), "at least two distinct"),
-        ((1,), "at least two distinct"),
-        ((), "at least two distinct"),
+        ((1, 1), "distinct scales"),
+        ((), "distinct scales"),
         ((0, 1), "finite and non-zero"),
         ((float("nan"), 1), "finite and non-zero"),
         ((float("inf"), 1), "finite and non-zero"),
         (("a", 1), "sequence of numbers"),
-        (None, "sequence of numbers"),
+        (3, "sequence of numbers"),
     ],
 )
 def test_degenerate_scales_raise(scales, match):
     with pytest.raises(ValueError, match=match):
         GeNAdaPEFT(_adamw(_linear()), scales=scales)
+
+
+@pytest.mark.parametrize("slope", ["auto", "stencil"])
+def test_one_scale_needs_a_backward_slope(slope):
+    with pytest.raises(ValueError, match="one scale needs slope='backward'"):
+        GeNAdaPEFT(_adamw(_linear()), scales=(1,), slope=slope)
+    GeNAdaPEFT(_adamw(_linear()), scales=(1,), slope="backward")  # b known: one point fits A
+
+
+def test_unknown_slope_raises():
+    with pytest.raises(ValueError, match="Invalid slope: 'forward'; use one of 'auto', 'backward', 'stencil'"):
+        GeNAdaPEFT(_adamw(_linear()), slope="forward")
 
 
 @pytest.mark.parametrize(
@@ -985,3 +1011,80 @@ def test_wrapping_twice_and_non_optimizers_raise():
         GeNAdaPEFT(inner)
     with pytest.raises(TypeError, match="must be a torch.optim.Optimizer.*got list"):
         GeNAdaPEFT(list(m.parameters()))
+
+
+# ---------------------------------------------------------------------------------------
+# slopes from a backward pass (Note [Slopes from a backward pass])
+
+
+class Checkpointed(nn.Module):
+    """Three linear layers, the middle one under activation checkpointing (reentrant or not)."""
+
+    def __init__(self, reentrant):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.m, self.b, self.reentrant = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 1), reentrant
+        self.x, self.y = torch.randn(16, 4), torch.randn(16, 1)
+
+    def forward(self):
+        from torch.utils.checkpoint import checkpoint
+
+        h = checkpoint(lambda h: torch.tanh(self.m(h)), torch.tanh(self.a(self.x)), use_reentrant=self.reentrant)
+        return F.mse_loss(self.b(h), self.y)
+
+
+def _run(model, steps=3, **kwargs):
+    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=0.1), closure=model, lazy=1, **kwargs)
+    for _ in range(steps):
+        opt.zero_grad()
+        model().backward()
+        opt.step()
+    return opt
+
+
+def test_auto_falls_back_to_the_stencil_where_checkpointing_refuses_autograd_grad():
+    with pytest.warns(RuntimeWarning, match="probing with the stencil from now on"):
+        opt = _run(Checkpointed(reentrant=True))
+    assert opt.slope == "stencil" and len(opt.history) == 3 and opt.history[-1]["accepted"]
+    with pytest.raises(RuntimeError, match="use_reentrant"):
+        _run(Checkpointed(reentrant=True), slope="backward")
+    plain = _run(Checkpointed(reentrant=False))  # non-reentrant checkpointing takes the backward
+    assert plain.slope == "auto" and plain.history[-1]["accepted"]
+
+
+def test_a_backward_slope_leaves_every_grad_as_the_training_step_left_it():
+    model = Quadratic()
+    outside = nn.Parameter(torch.ones(2, dtype=torch.float64))  # a parameter the optimizer does not hold
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=0.2),
+        closure=lambda: model() + (outside**2).sum(),
+        groups=model.groups(),
+        lazy=1,
+    )
+    opt.zero_grad()
+    model().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    assert outside.grad is None  # autograd.grad accumulates into no .grad
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    assert opt.history[0]["b"] == pytest.approx(float(grads[0] @ grads[0]), rel=1e-12)  # SGD: d = G
+
+
+def test_backward_slope_fits_a_cubic_line_with_the_exact_curvature():
+    """L(w) = Σ w³/3 + ½‖w‖²: along d the odd cubic term cancels on the symmetric pair, so A is
+    the exact dᵀHd = Σ (2w + 1) d² and b the exact Gᵀd = Σ (w² + w) d, at the wide points."""
+    w = nn.Parameter(torch.tensor([0.5, -0.3, 0.8], dtype=torch.float64))
+
+    def loss():
+        return (w**3 / 3).sum() + 0.5 * (w**2).sum()
+
+    opt = GeNAdaPEFT(torch.optim.SGD([w], lr=0.3), closure=loss, lazy=1, joint_check=False, r2_min=0.0)
+    opt.zero_grad()
+    loss().backward()
+    d = w.grad.clone()
+    w0 = w.detach().clone()
+    opt.step()
+    r = opt.history[0]
+    assert r["b"] == pytest.approx(float((w0**2 + w0) @ d), rel=1e-12)
+    assert r["A"] == pytest.approx(float((2 * w0 + 1) @ (d * d)), rel=1e-10)
+    assert r["r2"] < 1.0  # the cubic shows in the residual that the known slope leaves

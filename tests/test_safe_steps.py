@@ -75,7 +75,7 @@ def test_all_forwards_of_a_probe_evaluate_one_batch_and_batches_cycle():
     opt = GeNAdaPEFT(
         torch.optim.SGD(model.parameters(), lr=0.1), closure=closure, probe_data=probe, groups={"w": [model.w]}, lazy=2
     )
-    per_probe = 1 + 4 + 2  # L0, the 4-point stencil of the one group, the joint check
+    per_probe = 1 + 2 + 1  # L0 with the slope, the group's 2 points, the joint point
     for batch in row_batches(10, seed=5):
         opt.zero_grad()
         model(batch).backward()
