@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from adapeft_optim import group_parameters
+from adapeft_optim.loop import run_steps
 
 BASELINE_MARK = "baseline"
 
@@ -60,10 +61,7 @@ def fresh(model):
 
 
 def train_step(model, batch, opt):
-    loss = model(**batch).loss
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    run_steps(model, opt, [batch], 1)
 
 
 def interleaved(fns, rounds, warmup=2):

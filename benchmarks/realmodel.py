@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from adapeft_optim.loop import run_steps
+
 MAX_LENGTH = 16
 MIN_ABS = 0.5  # drop near-neutral entries
 TEST_FRACTION = 0.2
@@ -234,7 +236,7 @@ def probe(
     losses = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        losses += _train_steps(model, opt, data.train_batches(seed, steps, batch))
+        losses += run_steps(model, opt, data.train_batches(seed, steps, batch), steps)
     seconds = time.perf_counter() - start
     history = [dict(r) for r in opt.history]
     cases: dict[str, int] = {}
@@ -269,18 +271,6 @@ def _count(items: Iterable[str]) -> dict[str, int]:
     return out
 
 
-def _train_steps(model: Any, opt: Any, batches: Iterable[dict]) -> list[float]:
-    """Forward, backward, step, zero_grad on each batch; the training losses."""
-    losses = []
-    for b in batches:
-        loss = model(**b).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-    return losses
-
-
 def train_subset(
     model: torch.nn.Module,
     init: dict[str, torch.Tensor],
@@ -311,7 +301,7 @@ def train_subset(
             lr=max(lrs.values()),
             weight_decay=WEIGHT_DECAY,
         )
-        losses += _train_steps(model, opt, data.train_batches(seed, steps, batch))
+        losses += run_steps(model, opt, data.train_batches(seed, steps, batch), steps)
     seconds = time.perf_counter() - start
     result = evaluate(model, data)
     tail = losses[-20:]

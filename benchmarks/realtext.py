@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from adapeft_optim.loop import run_steps
+
 SEQ = 128  # bytes per sequence (= n_positions)
 EVAL_CHUNKS = 96  # held-out sequences (non-overlapping SEQ-byte chunks)
 HOLDOUT_EVERY = 10  # every 10th fine-tuning docstring is held out
@@ -652,9 +654,7 @@ def b_ratio_run(
     for b in batches:
         current[0] = b
         for m, o in zip(models, opts):
-            m(**b).loss.backward()
-            o.step()
-            o.zero_grad(set_to_none=True)
+            run_steps(m, o, [b], 1)
     drift = max(float((p - q).abs().max()) for p, q in zip(m_same.parameters(), m_fresh.parameters()))
     ratios: dict[str, list[float]] = {}
     both_accepted: dict[str, list[float]] = {}

@@ -44,7 +44,7 @@ import pytest
 import torch
 
 from adapeft_optim import task as T
-from adapeft_optim.demo import json_safe
+from adapeft_optim.report import json_safe
 from adapeft_optim.selection import greedy_order, pareto_frontier, select_groups
 
 STEPS = 200  # fine-tuning steps of every run (the demo's default T)

@@ -59,7 +59,7 @@ from adapeft_optim import (  # noqa: E402
     select_groups,
     transfer_selection,
 )
-from adapeft_optim.demo import json_safe  # noqa: E402
+from adapeft_optim.report import json_safe  # noqa: E402
 
 
 def _env_int(name: str, default: int) -> int:

@@ -49,7 +49,7 @@ import realtext as R
 import torch
 from conftest import interleaved
 
-from adapeft_optim.demo import json_safe
+from adapeft_optim.report import json_safe
 
 
 def _env_int(name: str, default: int) -> int:

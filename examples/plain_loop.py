@@ -5,7 +5,9 @@ compute a batch's loss (the closure, a forward pass only), which batches to prob
 the training steps do not see: the slope on the gradient's own batch is biased) and which
 parameter groups to track. Every ``--lazy`` steps it probes each group with a few extra forward passes,
 sets that group's learning rate by a generalized Newton rule and accumulates its influence
-(APPI). At the end the APPI table tells which groups are worth training under a budget.
+(APPI). At the end the APPI table tells which groups are worth training under a budget. The
+loop itself is the package's one training loop, :func:`adapeft_optim.loop.run_steps`: forward,
+backward, ``opt.step()``, ``zero_grad``, nothing else.
 
 Offline: a tiny GPT-2 from a config with peft LoRA, on the package's synthetic task.
 
@@ -21,6 +23,7 @@ import torch
 
 from adapeft_optim import GeNAdaPEFT, describe_groups, group_parameters
 from adapeft_optim import task as synthetic
+from adapeft_optim.loop import run_steps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,16 +51,16 @@ def main(argv: list[str] | None = None) -> None:
         lazy=args.lazy,
     )
 
-    model.train()
-    for step in range(args.steps):
-        batch = data.batch(16, generator)
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if step % args.log_every == 0 or step == args.steps - 1:
-            lrs = "  ".join(f"{name}={lr:.2e}" for name, lr in opt.lrs.items())
-            print(f"step {step:4d}  loss {loss.item():.4f}  lr: {lrs}")
+    # The loop: forward, backward, opt.step(), zero_grad, as run_steps takes it, up to each
+    # step that is logged.
+    batches = (data.batch(16, generator) for _ in range(args.steps))
+    logged = [step for step in range(args.steps) if step % args.log_every == 0 or step == args.steps - 1]
+    done = 0
+    for step in logged:
+        losses = run_steps(model, opt, batches, step + 1 - done)
+        done = step + 1
+        lrs = "  ".join(f"{name}={lr:.2e}" for name, lr in opt.lrs.items())
+        print(f"step {step:4d}  loss {losses[-1]:.4f}  lr: {lrs}")
 
     print()
     print(f"{'group':8s} {'params':>8s} {'share':>7s} {'APPI':>10s} {'lr':>9s}")

@@ -25,6 +25,7 @@ import torch
 
 from adapeft_optim import GeNAdaPEFT, Selection, apply_selection, group_parameters, save_selected
 from adapeft_optim import task as synthetic
+from adapeft_optim.loop import run_steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,11 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     generator = torch.Generator().manual_seed(args.seed)
     warmup = max(4 * args.lazy, round(0.1 * args.steps))
-    small.train()
-    for _ in range(warmup):
-        small(**data.batch(synthetic.BATCH_SIZE, generator)).loss.backward()
-        opt.step()
-        opt.zero_grad()
+    run_steps(small, opt, (data.batch(synthetic.BATCH_SIZE, generator) for _ in range(warmup)), warmup)
     print("APPI on the small model:", {k: float(f"{v:.3g}") for k, v in opt.appi.items()})
 
     # 2. Select under the budget (line 3) and save the choice.
@@ -89,12 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     lr = synthetic.recipe_lr(selection.groups)
     adamw = torch.optim.AdamW([p for p in large.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
-    large.train()
-    for _ in range(args.steps):
-        loss = large(**data.batch(synthetic.BATCH_SIZE, generator)).loss
-        loss.backward()
-        adamw.step()
-        adamw.zero_grad()
+    batches = (data.batch(synthetic.BATCH_SIZE, generator) for _ in range(args.steps))
+    run_steps(large, adamw, batches, args.steps)
 
     # 4. Keep only what was trained.
     save_selected(large, selection, out / "selected.safetensors")

@@ -69,23 +69,59 @@ def test_transfer(monkeypatch, capsys, tmp_path):
     assert changed
 
 
+def _greedy_by_appi(appi: dict[str, float], numel: dict[str, int], budget: float) -> list[str]:
+    """The greedy knapsack written out apart from adapeft_optim.selection: groups by APPI
+    descending (ties: fewer parameters, then the name), only those with a positive finite APPI,
+    each taken when the parameters taken so far plus its own are within ``budget`` of all."""
+    total = sum(numel.values())
+    order = sorted((g for g, a in appi.items() if 0.0 < a < float("inf")), key=lambda g: (-appi[g], numel[g], g))
+    chosen, used = [], 0
+    for g in order:
+        if (used + numel[g]) / total <= budget:
+            chosen.append(g)
+            used += numel[g]
+    return chosen
+
+
 def test_hf_trainer(monkeypatch, capsys):
-    argv = ["--steps", "8", "--lazy", "1", "--budget", "0.12", "--mask-at", "0.5"]
+    import ast
+
+    from adapeft_optim import GeNAdaPEFT
+
+    switches = []  # (APPI, numel, requires, groups) whenever the optimizer switches to masked mode
+    mask = GeNAdaPEFT.mask
+
+    def recording_mask(self, selection):
+        switches.append((dict(self.appi), dict(self.numel), dict(self.requires), tuple(selection.groups)))
+        return mask(self, selection)
+
+    monkeypatch.setattr(GeNAdaPEFT, "mask", recording_mask)
+    budget = 0.12
+    argv = ["--steps", "8", "--lazy", "1", "--budget", str(budget), "--mask-at", "0.5"]
     assert run_example("hf_trainer.py", argv, monkeypatch) == 0
     out = capsys.readouterr().out
     accepted, total = map(int, out.split(" probes accepted")[0].split()[-1].split("/"))
     assert 0 < accepted <= total
-    # masked halfway through (step 4 of 8), training groups that fit 12% of the parameters: the
-    # printed sizes give the check, and norm (first by APPI, 0.6% of the parameters) is among them
+    # Masked once, halfway through (step 4 of 8), with the groups the greedy knapsack takes from
+    # the optimizer's APPI and sizes at that moment (no LoRA pairs: nothing is required).
+    [(appi, numel, requires, masked)] = switches
+    assert not requires
+    expected = _greedy_by_appi(appi, numel, budget)
+    assert expected and sorted(masked) == sorted(expected)
+    chosen = out.split("masked mode from step 4: training ")[1].splitlines()[0]
+    assert sorted(ast.literal_eval(chosen)) == sorted(expected)
+    # The printed group table has every group's share of the parameters; the chosen ones fit.
     sizes = {
         line.split()[0]: float(line.split()[-1].rstrip("%")) / 100
         for line in out.splitlines()
         if line.endswith("%") and " params " in line
     }
-    chosen = out.split("masked mode from step 4: training ")[1].splitlines()[0]
-    names = [n.strip(" '[]") for n in chosen.split(",")]
-    assert "norm" in names and sum(sizes[n] for n in names) <= 0.12
-    assert "adapeft/appi/norm=" in out
+    assert sizes.keys() == numel.keys()
+    everything = sum(numel.values())
+    assert all(abs(sizes[n] - numel[n] / everything) <= 5e-5 for n in numel)
+    assert sum(sizes[n] for n in expected) <= budget
+    # The last log carries the APPI of every group.
+    assert all(f"adapeft/appi/{n}=" in out for n in numel)
 
 
 @pytest.mark.parametrize("budget", [0.01, 0.05])

@@ -328,9 +328,12 @@ def test_trainer_probes_once_per_optimizer_step_on_batches_the_step_has_not_seen
     model = gpt2()
     replay = replay_closure(model)
     opt = wrap(model, closure=replay, lazy=2)
-    forwards = []  # (grad enabled, input_ids) of every forward
+    forwards = []  # (inside opt.step, grad enabled, input_ids) of every forward
+    in_step = [False]
+    opt.register_step_pre_hook(lambda *_: in_step.__setitem__(0, True))
+    opt.register_step_post_hook(lambda *_: in_step.__setitem__(0, False))
     model.register_forward_pre_hook(
-        lambda m, args, kwargs: forwards.append((torch.is_grad_enabled(), kwargs["input_ids"].clone())),
+        lambda m, args, kwargs: forwards.append((in_step[0], torch.is_grad_enabled(), kwargs["input_ids"].clone())),
         with_kwargs=True,
     )
     dataset = _Tokens(48)
@@ -345,14 +348,17 @@ def test_trainer_probes_once_per_optimizer_step_on_batches_the_step_has_not_seen
     # The callback swapped the biased replay for probe batches of the training data.
     assert isinstance(opt.probe_data, ProbeBatches) and isinstance(opt.closure, BatchLoss)
     assert repr(replay).endswith("removed)")
-    assert sum(grad for grad, _ in forwards) == 12  # every micro-batch
+    assert sum(not probe for probe, _, _ in forwards) == 12  # every micro-batch, with grad
+    assert all(grad for probe, grad, _ in forwards if not probe)
     assert sorted({r["step"] for r in opt.history}) == [0, 2, 4]  # 6 optimizer steps / lazy
-    per_probe = 1 + 4 * len(opt.names) + 2
-    assert sum(not grad for grad, _ in forwards) == 3 * per_probe
+    # A probe: L0 with the slopes (grad on), 2 points per group and the joint point (no grad).
+    per_probe = 1 + 2 * len(opt.names) + 1
+    probes = [grad for probe, grad, _ in forwards if probe]
+    assert len(probes) == 3 * per_probe and sum(probes) == 3
     rows = {tuple(row.tolist()) for row in dataset.ids}
     last_train = None
-    for grad, ids in forwards:
-        if grad:
+    for probe, _, ids in forwards:
+        if not probe:
             last_train = ids
         else:  # a probe: rows of the dataset, not the micro-batch the gradient came from
             assert all(tuple(row.tolist()) in rows for row in ids)

@@ -363,7 +363,7 @@ def test_plot_ppi_heatmap_writes_png(tmp_path):
 
 def test_heatmap_figure_shows_processed_values():
     history = table_history(TABLE, STEPS)
-    fig = plots._heatmap_figure(history, "others", 3.0, 0.5, None, None, "viridis", None, 50)
+    fig = plots.heatmap._heatmap_figure(history, "others", 3.0, 0.5, None, None, "viridis", None, 50)
     ax = fig.axes[0]
     assert fig.get_supxlabel() == ""  # no caption unless asked for
     _, _, expected = heatmap_values(history, reference="others", k=3.0, alpha=0.5)
@@ -373,13 +373,13 @@ def test_heatmap_figure_shows_processed_values():
     assert fig.axes[1].get_ylabel() == "log10 PPI / PPI(others)"
     # without an "others" row the label names the row actually used
     only_norm = table_history({"norm": TABLE["norm"]}, STEPS)
-    fig = plots._heatmap_figure(only_norm, "others", 3.0, 0.5, None, None, "viridis", None, 50)
+    fig = plots.heatmap._heatmap_figure(only_norm, "others", 3.0, 0.5, None, None, "viridis", None, 50)
     assert fig.axes[1].get_ylabel() == "log10 PPI / PPI(norm)"
 
 
 def test_heatmap_caption_says_how_cells_were_made_and_what_grey_is():
     history = table_history(TABLE, STEPS)
-    fig = plots._heatmap_figure(history, "others", 3.0, 0.5, None, None, "viridis", None, 50, caption=True)
+    fig = plots.heatmap._heatmap_figure(history, "others", 3.0, 0.5, None, None, "viridis", None, 50, caption=True)
     assert " ".join(fig.get_supxlabel().split()) == (
         "PPI of the valued probes: IQR outliers removed (k=3), EMA-smoothed (weight 0.5 on "
         "the past), gaps carried forward, divided by the 'others' row; grey: no valued probe "
@@ -396,7 +396,7 @@ def test_plot_appi_curves_writes_png_and_uses_log_axis(tmp_path):
     img = read_png(out)
     assert img.shape == (240, 300, 4)
     assert_not_blank(img)
-    fig = plots._appi_figure(history, None, None, None, None, (5, 4), 60)
+    fig = plots.appi._appi_figure(history, None, None, None, None, (5, 4), 60)
     ax = fig.axes[0]
     assert ax.get_yscale() == "log"
     names, steps, appi = appi_curves(history)
@@ -408,7 +408,7 @@ def test_plot_appi_curves_writes_png_and_uses_log_axis(tmp_path):
 
 def test_appi_figure_linear_when_log_impossible():
     history = table_history({"a": [None, None], "b": [None, None]}, steps=[0, 1])
-    fig = plots._appi_figure(history, None, None, None, None, (5, 4), 60)
+    fig = plots.appi._appi_figure(history, None, None, None, None, (5, 4), 60)
     assert fig.axes[0].get_yscale() == "linear"
 
 
@@ -429,7 +429,7 @@ def test_frontier_figure_content():
     recipes = {"LoRA": (0.004, 0.3)}
     exact = [(0.002, 0.3, ["lora_B"]), (0.5, 0.44)]
     series = {"greedy": FRONTIER, "exact": exact}
-    fig = plots._frontier_figure(series, recipes, "loss", None, True, (7, 4.5), 40)
+    fig = plots.frontier._frontier_figure(series, recipes, "loss", None, True, (7, 4.5), 40)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_ylabel() == "loss"
     greedy, exact_line = ax.get_lines()
@@ -454,7 +454,9 @@ def test_frontier_figure_content():
 
 def test_frontier_marks_budget_and_selection():
     selection = (0.004, 0.35, ("norm", "lora_B"))
-    fig = plots._frontier_figure(FRONTIER, None, "y", None, True, (7, 4.5), 40, budget=0.01, selection=selection)
+    fig = plots.frontier._frontier_figure(
+        FRONTIER, None, "y", None, True, (7, 4.5), 40, budget=0.01, selection=selection
+    )
     ax = fig.axes[0]
     budget_line = [line for line in ax.get_lines() if line.get_label() == "budget 1%"]
     assert len(budget_line) == 1 and list(budget_line[0].get_xdata()) == [1.0, 1.0]
@@ -462,12 +464,12 @@ def test_frontier_marks_budget_and_selection():
     np.testing.assert_allclose(star[0].get_offsets(), [[0.4, 0.35]])
     assert {"budget 1%", "selection (norm+lora_B)"} <= set(legend_texts(ax))
     with pytest.raises(ValueError, match=r"Invalid budget: 1.5; use a fraction"):
-        plots._frontier_figure(FRONTIER, None, "y", None, True, (7, 4.5), 40, budget=1.5)
+        plots.frontier._frontier_figure(FRONTIER, None, "y", None, True, (7, 4.5), 40, budget=1.5)
 
 
 def test_a_single_labelled_point_has_a_legend_entry():
     # comparison.png: one AdaPEFT point among the recipes, each named in the legend
-    fig = plots._frontier_figure(
+    fig = plots.frontier._frontier_figure(
         {"AdaPEFT (head+embed)": [(0.02, -2.2, ("head", "embed"))]},
         {"LoRA": (0.04, -1.6), "BitFit": (0.005, 0.66)},
         "log10 loss",
@@ -487,7 +489,7 @@ def test_crowded_frontier_labels_do_not_overlap():
     # six groups of nearly equal size: their point numbers would sit on top of each other
     groups = ["lora_A", "lora_B", "head", "norm", "bias", "embed"]
     points = [(0.0, 0.0, ())] + [(0.010 + 0.0004 * k, 1.0 + 0.01 * k, tuple(groups[: k + 1])) for k in range(6)]
-    fig = plots._frontier_figure(points, None, "y", None, True, (7, 4.5), 100)
+    fig = plots.frontier._frontier_figure(points, None, "y", None, True, (7, 4.5), 100)
     ax = fig.axes[0]
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in ax.texts]
@@ -562,7 +564,7 @@ def test_plotting_leaves_matplotlib_global_state_alone(tmp_path):
 
 def test_heatmap_without_accepted_probe_and_other_formats(tmp_path):
     history = table_history({"others": [None, None], "head": [None, None]}, steps=[0, 8])
-    fig = plots._heatmap_figure(history, "others", 3.0, 0.9, None, None, "viridis", None, 40)
+    fig = plots.heatmap._heatmap_figure(history, "others", 3.0, 0.9, None, None, "viridis", None, 40)
     assert [t.get_text() for t in fig.axes[0].texts] == ["no valued probe"]
     assert_not_blank(read_png(plot_ppi_heatmap(history, tmp_path / "empty.png", dpi=40)))
     out = plot_appi_curves(table_history(TABLE, STEPS), tmp_path / "appi.svg")

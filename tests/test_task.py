@@ -1,5 +1,6 @@
-"""Tests for adapeft_optim.task: the synthetic corpus, the model builders, the cache and the
-training/evaluation helpers the demo and the benchmarks share."""
+"""Tests for adapeft_optim.task (re-exporting adapeft_optim.demo.task, .training and .progress):
+the synthetic corpus, the model builders, the cache and the training/evaluation helpers the demo
+and the benchmarks share."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from adapeft_optim import group_parameters
 from adapeft_optim import task as T
+from adapeft_optim.demo import training
 
 K = T.ANSWER_LENGTH
 
@@ -268,7 +270,7 @@ def test_pretrained_model_is_cached(monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached weights should have been loaded")
 
-    monkeypatch.setattr(T, "pretrain", no_training)
+    monkeypatch.setattr(training, "pretrain", no_training)  # what pretrained_model calls
     second = T.pretrained_model("tiny", steps=3)
     for (n, p), (_, q) in zip(first.named_parameters(), second.named_parameters(), strict=True):
         assert torch.equal(p, q), n
