@@ -14,12 +14,11 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from .inner import _lr_value, _set_lr, _step_without_global_hooks, _world_size
+from .inner import _lr_value, _set_lr, _step_without_global_hooks
 from .masking import MaskedMode
-from .options import check_options, check_scales, check_slope
+from .options import check_options, check_scales, check_slope, check_slope_engine
 from .probe import NO_BATCH, Probe, next_probe_batch
 from .state import _GroupStats, _shared, init_state, split_param_groups, validate_state_dict
-from .trace import _is_dtensor
 
 __all__ = ["GeNAdaPEFT"]
 
@@ -65,18 +64,14 @@ class GeNAdaPEFT(MaskedMode, Optimizer):
             when it ends (default: None).
         lazy: probe every ``lazy`` steps, starting with the first; 0 turns probing off
             (default: 8).
-        slope: how a probe measures each group's slope b (Note [Slopes from a backward pass] in
-            probe.py). ``"backward"``: one forward and backward on the probe batch gives every
-            group's b at once, and the forwards at ``scales`` give only A (K + 1 forwards and a
-            backward for K groups). ``"stencil"``: b and A are both fitted from the forwards at
-            ``scales`` (the paper's way; forwards only). ``"auto"``: backward in a single process,
-            stencil across ranks (DDP, FSDP2: a backward outside the training step would run
-            their gradient hooks) or where the model's checkpointing refuses a second backward
+        slope: ``"backward"``: every group's slope b from one forward and backward on the probe
+            batch, only A fitted from the forwards at ``scales``, reused between measurements
+            (Notes [Slopes from a backward pass], [Curvature reuse]). ``"stencil"``: b and A
+            fitted from forwards (the paper). ``"auto"``: backward in one process, the stencil
+            across ranks or where reentrant checkpointing refuses autograd.grad
             (default: "auto").
-        scales: probe points in units of a group's effective lr. ``None``: ``(1,)`` (one point
-            along the step) with a backward slope, the paper's ``(-2, -1, 1, 2)`` with the
-            stencil (4K + 1 forwards, R² is informative); ``(-1, 1)`` is the symmetric 3-point
-            stencil (2K + 1 forwards, R² is 1 by construction). A single scale needs
+        scales: probe points in units of a group's effective lr; ``None``: ``(-2, 2)`` with a
+            backward slope, the paper's ``(-2, -1, 1, 2)`` with the stencil. A single scale needs
             ``slope="backward"`` (default: None).
         r2_min: minimum R² of an accepted fit (default: 0.99).
         smoothing: weight of the old lr in the Newton update, in [0, 1) (default: 0.9).
@@ -101,16 +96,14 @@ class GeNAdaPEFT(MaskedMode, Optimizer):
             state (default: 10000).
         max_lr_factor: ceiling of each group's lr, as a multiple of the lr it was wrapped with
             (default: 10.0).
-        joint_check: probe the combined step of all groups (two more forwards) and scale the
-            lrs down when it overshoots its own Newton point (Note [The joint step])
-            (default: True).
-        adapt_lr: ``False`` measures influence only: probes and APPI as usual, while every lr
-            and the trajectory stay those of the bare inner optimizer, bit for bit
-            (default: True).
-        max_interval: a settled group (accepted fit whose Newton update would move the lr by
-            at most 5%) is probed at every 2nd, then 4th, ... probe step up to this, its PPI weighted
-            by the interval (Note [Settled groups]); 1 probes every group at every probe step
-            (default: 4).
+        joint_check: probe the combined step of all groups (one or two more forwards) and scale
+            the lrs down when it overshoots its Newton point (Note [The joint step]) (default: True).
+        adapt_lr: ``False`` measures influence only: probes and APPI as usual, every lr and the
+            trajectory those of the bare inner optimizer, bit for bit (default: True).
+        max_interval: a group's curvature is measured at every 2nd, then 4th, ... probe step up
+            to this: with a backward slope after each accepted fit (Note [Curvature reuse]), with
+            the stencil once settled (Note [Settled groups]); 1 measures every group at every
+            probe step (default: 4).
 
     Example:
         >>> groups = group_parameters(model)
@@ -166,13 +159,7 @@ class GeNAdaPEFT(MaskedMode, Optimizer):
 
         split_param_groups(self.optimizer.param_groups, groups)
         self._shapes = self._param_shapes()
-        if slope == "backward" and (
-            _world_size() > 1 or any(_is_dtensor(p) for g in self.param_groups for p in g["params"])
-        ):
-            raise ValueError(
-                "slope='backward' runs a backward pass outside the training step, which DDP's and FSDP2's "
-                "gradient hooks would see; across ranks use slope='stencil' (or 'auto', which picks it)"
-            )
+        check_slope_engine(slope, [p for g in self.param_groups for p in g["params"]])
         init_state(self.param_groups)  # Note [State in the param groups]
         self.budget = budget
         # Which groups cannot learn alone, read off the weights as wrapped (lora_A while lora_B is

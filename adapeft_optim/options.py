@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from .inner import _check_inner, _check_takes_batch
+from .inner import _check_inner, _check_takes_batch, _world_size
 from .masking import SwitchPolicy, check_method
+from .trace import _is_dtensor
 
 
 def check_options(
@@ -102,6 +103,16 @@ def check_slope(slope: Any) -> str:
     if slope not in SLOPES:
         raise ValueError(f"Invalid slope: {slope!r}; use one of {', '.join(map(repr, SLOPES))}")
     return slope
+
+
+def check_slope_engine(slope: str, params: list[torch.Tensor]) -> None:
+    """``slope="backward"`` is refused across ranks, at construction (Note [Slopes from a backward
+    pass] in probe.py)."""
+    if slope == "backward" and (_world_size() > 1 or any(_is_dtensor(p) for p in params)):
+        raise ValueError(
+            "slope='backward' runs a backward pass outside the training step, which DDP's and FSDP2's "
+            "gradient hooks would see; across ranks use slope='stencil' (or 'auto', which picks it)"
+        )
 
 
 def check_scales(scales: Sequence[float] | None, slope: str) -> tuple[float, ...] | None:

@@ -232,7 +232,8 @@ class Probe:
                 stack.enter_context(_KeepBuffers())
                 stack.enter_context(self.reshard)
                 values, losses = self.measure(names)
-                update = fit_probe(opt, step, names, values, losses[0].dtype, self.scales, self.group_slopes(names))
+                slopes = self.group_slopes(moving)
+                update = fit_probe(opt, step, names, values, losses[0].dtype, self.scales, slopes)
                 if opt.adapt_lr:
                     guard(opt, update, moving)
                     if opt.joint_check and moving and math.isfinite(update.L0):

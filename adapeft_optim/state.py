@@ -34,6 +34,7 @@ _GROUP_START = {
     "requires": (),
     "interval": 1,  # probe steps the group's next probe stands for (Note [Settled groups])
     "due": 0,  # the probe step (step // lazy) at which it is next probed
+    "curvature": 0.0,  # A per unit lr² of its last accepted fit, reused between measurements (0: none)
 }
 _SHARED_START = {
     "step": 0,
@@ -58,7 +59,7 @@ class _GroupStats(MutableMapping):
     """A named group's ``adapeft_*`` values, read from its first param group, written to all."""
 
     __slots__ = ("_groups",)
-    _KEYS = ("factor", "spacing", "appi", "probes", "accepted", "valued", "interval", "due")
+    _KEYS = ("factor", "spacing", "appi", "probes", "accepted", "valued", "interval", "due", "curvature")
 
     def __init__(self, groups: list[dict]) -> None:
         self._groups = groups
@@ -206,7 +207,7 @@ def validate_state_dict(state_dict: Any, own_names: list[str]) -> None:
         missing = [f"adapeft_{k}" for k in (*_GROUP_START, *_SHARED_START) if f"adapeft_{k}" not in g]
         if missing:
             raise ValueError(f"state_dict['param_groups'][{i}] lacks {missing}; save it with opt.state_dict()")
-        for key, low in (("factor", 0.0), ("spacing", 1.0), ("appi", 0.0)):
+        for key, low in (("factor", 0.0), ("spacing", 1.0), ("appi", 0.0), ("curvature", 0.0)):
             value = g[f"adapeft_{key}"]
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not ok or value < low or (key == "factor" and value == 0.0):

@@ -74,6 +74,18 @@ _GUARD_WARMUP = 6
 _GUARD_WINDOW = 16
 _SETTLED_MOVE = 0.05
 
+# Note [Curvature reuse]
+# ~~~~~~~~~~~~~~~~~~~~~~
+# With a backward slope (Note [Slopes from a backward pass] in probe.py) every group's b is fresh
+# at every probe step at no cost; only the curvature costs forwards. So a group whose fit was
+# accepted is measured again after 2, then 4, ... probe steps (up to max_interval) whatever its
+# lr did, and in between its lr and PPI use the fresh b with the curvature A (per unit lr²) of
+# its last accepted fit (record "reused"): every group gets a record, weight 1, at every probe
+# step. A rejected fit (A within noise, concave, not a parabola) or the divergence guard measures
+# it again at the next probe step. The curvature is the slow part of the line: it is a property of
+# the loss surface along d, while b shrinks as training converges. With the stencil a skipped
+# group learns nothing, so only settled groups skip (Note [Settled groups]).
+
 # Note [Settled groups]
 # ~~~~~~~~~~~~~~~~~~~~~
 # A group's probe costs len(scales) forwards, and most of a run's probes confirm what the last one
@@ -102,6 +114,7 @@ class ProbeRecord(TypedDict):
     case: str | None  # "interior", "trust region", "no descent"; None: not valued
     accepted: bool  # the fit passed every test and moved the Newton lr
     reason: Reason | None  # why it was rejected
+    reused: bool  # b fresh, A from the group's last accepted fit (Note [Curvature reuse])
     spacing: float  # probe points, in units of the group's lr
     snr: float  # A / se(A)
     newton_lr: float  # after this probe, in the units of the lr it was wrapped with
@@ -127,6 +140,8 @@ class _Update:
     joint_scale: float = 1.0
     joint_t: float = math.nan
     intervals: dict[str, int] = field(default_factory=dict)  # Note [Settled groups]
+    curvatures: dict[str, float] = field(default_factory=dict)  # Note [Curvature reuse]
+    backward: bool = False  # slopes from a backward pass (Note [Slopes from a backward pass])
 
     def schedule(self, name: str, interval: int) -> None:
         self.intervals[name] = interval
@@ -148,17 +163,31 @@ def fit_probe(
 ) -> _Update:
     """Fit every probed group (``names``, in the order of ``values``: L0, then each group's
     ``len(scales)`` points) and propose its new lr factor and spacing; nothing is committed.
-    ``slopes``: each group's b per unit of its effective lr from a backward pass (then only A is
-    fitted), or None (the stencil fits both)."""
+    ``slopes``: every moving group's b per unit of its effective lr from a backward pass (then only
+    A is fitted, and a group not in ``names`` reuses its last accepted A), or None (the stencil)."""
     L0 = float(values[0])
     rtol = opt.loss_rtol if opt.loss_rtol is not None else _loss_rtol(loss_dtype)
     stats = opt._stats
     update = _Update(step, L0, rtol * abs(L0) if math.isfinite(L0) else 0.0, {n: s["factor"] for n, s in stats.items()})
+    update.backward = slopes is not None
     k = len(scales)
-    for i, name in enumerate(names):
-        Ls = values[1 + i * k : 1 + (i + 1) * k]
-        _fit_group(opt, update, name, _line_fit(update.L0, Ls, scales, opt._stats[name]["spacing"], rtol, slopes, name))
+    at = {name: 1 + i * k for i, name in enumerate(names)}  # where each measured group's losses start
+    for name in names if slopes is None else slopes:  # in group order
+        if name in at:
+            Ls = values[at[name] : at[name] + k]
+            _fit_group(
+                opt, update, name, _line_fit(update.L0, Ls, scales, opt._stats[name]["spacing"], rtol, slopes, name)
+            )
+        elif opt._stats[name]["curvature"] > 0.0:  # Note [Curvature reuse]
+            _fit_group(opt, update, name, _reused_fit(opt, name, slopes[name]), reused=True)
     return update
+
+
+def _reused_fit(opt: GeNAdaPEFT, name: str, b: float) -> QuadraticFit:
+    """The fresh slope with the curvature of the group's last accepted fit, in effective-lr units."""
+    st = opt._stats[name]
+    lr_ref = st["factor"] * _lr_value(opt._groups_of(name)[0])
+    return QuadraticFit(b=b, A=st["curvature"] * lr_ref**2, r2=1.0, se_b=0.0, se_A=0.0)
 
 
 def _line_fit(
@@ -173,9 +202,10 @@ def _line_fit(
         return fit_curvature(ts, Ls - L0, slopes[name], noise=noise)
 
 
-def _fit_group(opt: GeNAdaPEFT, update: _Update, name: str, fit: QuadraticFit) -> None:
+def _fit_group(opt: GeNAdaPEFT, update: _Update, name: str, fit: QuadraticFit, reused: bool = False) -> None:
     st = opt._stats[name]
     spacing, interval, numel = st["spacing"], st["interval"], opt.numel[name]
+    backward = update.backward
     reason = check_fit(fit, opt.r2_min, opt.z) if math.isfinite(update.L0) else Reason.NON_FINITE
     first = opt._groups_of(name)[0]
     lr_ref = st["factor"] * _lr_value(first)
@@ -191,12 +221,17 @@ def _fit_group(opt: GeNAdaPEFT, update: _Update, name: str, fit: QuadraticFit) -
         settled = abs(proposed / st["factor"] - 1.0) <= _SETTLED_MOVE  # Note [Settled groups]
         if opt.adapt_lr:
             update.factors[name] = proposed
-    update.spacings[name] = _next_spacing(fit, reason, spacing, opt.max_spacing)
-    if settled:
+    update.spacings[name] = spacing if reused else _next_spacing(fit, reason, spacing, opt.max_spacing)
+    weight = 1 if backward else interval  # with the stencil a probe stands for its interval
+    if reused:
+        pass  # the measurement schedule stands (Note [Curvature reuse])
+    elif settled or (backward and reason is None):
         update.schedule(name, min(2 * interval, opt.max_interval))
     else:  # a descent-free line says nothing of the lr: the interval stays
         update.schedule(name, interval if reason == Reason.NO_DESCENT else 1)
-    update.ppi[name] = ppi * interval
+    if not reused and reason is None and lr_ref:
+        update.curvatures[name] = fit.A / lr_ref**2
+    update.ppi[name] = ppi * weight
     update.records[name] = {
         "step": update.step,
         "group": name,
@@ -204,10 +239,11 @@ def _fit_group(opt: GeNAdaPEFT, update: _Update, name: str, fit: QuadraticFit) -
         "A": fit.A / lr_ref**2 if lr_ref else math.nan,
         "r2": fit.r2,
         "ppi": ppi,
-        "weight": interval,
+        "weight": weight,
         "case": case,
         "accepted": reason is None,
         "reason": reason,
+        "reused": reused,
         "spacing": spacing,
         "snr": fit.A / fit.se_A if fit.se_A > 0 else (math.inf if fit.A > 0 else 0.0),
     }
@@ -300,6 +336,8 @@ def commit(opt: GeNAdaPEFT, update: _Update) -> None:
         stats[name]["factor"] = factor
     for name, interval in update.intervals.items():
         stats[name].update(interval=interval, due=update.step // opt.lazy + interval)
+    for name, curvature in update.curvatures.items():
+        stats[name]["curvature"] = curvature
     if update.recent_l0 is not None:
         opt._recent_l0 = tuple(update.recent_l0)
     lrs = opt.lrs

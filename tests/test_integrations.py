@@ -351,10 +351,11 @@ def test_trainer_probes_once_per_optimizer_step_on_batches_the_step_has_not_seen
     assert sum(not probe for probe, _, _ in forwards) == 12  # every micro-batch, with grad
     assert all(grad for probe, grad, _ in forwards if not probe)
     assert sorted({r["step"] for r in opt.history}) == [0, 2, 4]  # 6 optimizer steps / lazy
-    # A probe: L0 with the slopes (grad on), 2 points per group and the joint point (no grad).
-    per_probe = 1 + 2 * len(opt.names) + 1
+    # A probe: L0 with the slopes (grad on), 2 points per group whose curvature it measures (the
+    # others reuse theirs) and the joint point (no grad).
+    measured = [sum(not r["reused"] for r in opt.history if r["step"] == s) for s in (0, 2, 4)]
     probes = [grad for probe, grad, _ in forwards if probe]
-    assert len(probes) == 3 * per_probe and sum(probes) == 3
+    assert len(probes) == sum(1 + 2 * m + 1 for m in measured) and sum(probes) == 3
     rows = {tuple(row.tolist()) for row in dataset.ids}
     last_train = None
     for probe, _, ids in forwards:

@@ -388,6 +388,7 @@ def test_settled_groups_are_probed_less_often_and_appi_weights_them():
         lazy=2,
         joint_check=False,
         max_interval=4,
+        slope="stencil",  # with a backward slope the curvature is reused instead (next test)
     )
     for _ in range(120):
         opt.zero_grad()
@@ -416,6 +417,53 @@ def test_settled_groups_are_probed_less_often_and_appi_weights_them():
         valued = sum(r["weight"] * r["ppi"] for r in records if r["case"] is not None)
         assert opt.appi[name] == pytest.approx(valued, rel=1e-12)
     assert len(opt.history) < 3 * probe_steps and doubled > 0  # fewer probes than groups x probe steps
+
+
+def test_backward_slope_measures_curvature_on_a_schedule_and_reuses_it_in_between():
+    """Note [Curvature reuse]: every group gets a fresh-slope record at every probe step; its
+    curvature is measured after 2, then 4 probe steps while fits are accepted (at once after a
+    rejection), and in between the record carries the last measured A with the exact slope."""
+    model = Quadratic()
+    calls = []
+    opt = GeNAdaPEFT(
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        closure=lambda: calls.append(1) or model(),
+        groups=model.groups(),
+        lazy=2,
+        joint_check=False,
+        max_interval=4,
+    )
+    measured_per_step = []
+    for step in range(120):
+        opt.zero_grad()
+        model().backward()
+        G = torch.cat([p.grad for p in model.ws])
+        n0, c0 = len(opt.history), len(calls)
+        opt.step()
+        if step % 2 == 0:
+            new = opt.history[n0:]
+            assert [r["group"] for r in new] == ["a", "b", "c"] and all(r["weight"] == 1 for r in new)
+            measured = [r for r in new if not r["reused"]]
+            assert len(calls) - c0 == 1 + 2 * len(measured)  # L0 with the slopes, ±2 per measured group
+            measured_per_step.append(len(measured))
+            for r, (_, sl) in zip(new, model.blocks()):
+                assert r["b"] == pytest.approx(float(G[sl] @ G[sl]), rel=1e-10)  # SGD: d = G, b = GᵀG
+    for name in opt.names:
+        records = [r for r in opt.history if r["group"] == name]
+        last_A, interval, due = None, 1, 0
+        for k, r in enumerate(records):  # one record per probe step k
+            assert r["reused"] == (k < due), (name, k)
+            if r["reused"]:
+                assert r["A"] == pytest.approx(last_A, rel=1e-12)
+                continue
+            if r["accepted"]:
+                last_A, interval = r["A"], min(2 * interval, 4)
+            elif r["reason"] != "non-positive slope":
+                interval = 1
+            due = k + interval
+        valued = sum(r["ppi"] for r in records if r["case"] is not None)
+        assert opt.appi[name] == pytest.approx(valued, rel=1e-12)
+    assert sum(measured_per_step) < 0.5 * 3 * len(measured_per_step)  # curvature at < half the group-steps
 
 
 def test_max_interval_one_probes_every_group_at_every_probe_step():
@@ -487,7 +535,8 @@ def test_float64_gpt2_fit_matches_exact_hessian_vector_products(slope):
 def test_float32_gpt2_at_lr_1e_5_accepts_probes_with_the_exact_ppi(slope):
     model = gpt2(torch.float32)
     inner = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    opt = GeNAdaPEFT(inner, groups=group_parameters(model), lazy=1, slope=slope)
+    # Every probe measures every group's line (no curvature reuse): the fits are what is tested.
+    opt = GeNAdaPEFT(inner, groups=group_parameters(model), lazy=1, slope=slope, max_interval=1)
     names = group_of(opt)
     ratios, exact_appi = [], dict.fromkeys(opt.names, 0.0)
     for ids in batches(10, seed=1):
@@ -496,7 +545,7 @@ def test_float32_gpt2_at_lr_1e_5_accepts_probes_with_the_exact_ppi(slope):
         directions = adamw_direction(inner)
         n0 = len(opt.history)
         opt.step(lambda: lm_loss(model, ids))
-        accepted = [r for r in opt.history[n0:] if r["accepted"]]
+        accepted = [r for r in opt.history[n0:] if r["accepted"] and not r["reused"]]  # the fits
         if not accepted:
             continue
         # The exact values at the same point, for the accepted groups only (the costly part).
@@ -542,7 +591,7 @@ def test_dropout_keeps_acceptance_and_step_keeps_the_rng_state():
 
 def test_all_forwards_of_a_probe_see_the_same_randomness_under_no_grad():
     model = Quadratic()
-    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=0.2), groups=model.groups(), lazy=1)
+    opt = GeNAdaPEFT(torch.optim.SGD(model.parameters(), lr=0.2), groups=model.groups(), lazy=1, max_interval=1)
     draws, grad_modes = [], []
 
     def closure():

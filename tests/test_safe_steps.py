@@ -43,6 +43,7 @@ def test_probe_batch_gives_the_unbiased_slope_where_the_same_batch_is_biased():
         groups={"w": [model.w]},
         lazy=1,
         joint_check=False,
+        max_interval=1,  # A measured at every probe (not reused): exactly ‖d‖² each time
     )
     same_batch, fresh = [], []
     for step, batch in enumerate(train):
@@ -73,7 +74,12 @@ def test_all_forwards_of_a_probe_evaluate_one_batch_and_batches_cycle():
         return model(batch)
 
     opt = GeNAdaPEFT(
-        torch.optim.SGD(model.parameters(), lr=0.1), closure=closure, probe_data=probe, groups={"w": [model.w]}, lazy=2
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=closure,
+        probe_data=probe,
+        groups={"w": [model.w]},
+        lazy=2,
+        max_interval=1,
     )
     per_probe = 1 + 2 + 1  # L0 with the slope, the group's 2 points, the joint point
     for batch in row_batches(10, seed=5):
