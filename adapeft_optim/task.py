@@ -1,6 +1,6 @@
 """The embedded task of ``adapeft demo`` under its old name: the synthetic corpus and GPT-2
 builders live in :mod:`adapeft_optim.demo.task`, training, evaluation and the pre-training cache
-in :mod:`adapeft_optim.demo.training`, progress display in :mod:`adapeft_optim.demo.progress`.
+in :mod:`adapeft_optim.demo.training`, progress display in :mod:`adapeft_optim.progress`.
 Every name is re-exported here, so ``from adapeft_optim import task`` keeps working::
 
     from adapeft_optim import task
@@ -12,7 +12,6 @@ Every name is re-exported here, so ``from adapeft_optim import task`` keeps work
 
 from __future__ import annotations
 
-from .demo.progress import LineProgress, Progress
 from .demo.task import (
     ALL_GROUPS,
     ANSWER_LENGTH,
@@ -47,6 +46,7 @@ from .demo.task import (
     recipe_lr,
 )
 from .demo.training import CACHE_ENV, cache_dir, evaluate, pretrain, pretrained_model, probe, train
+from .progress import LineProgress, Progress
 
 __all__ = [
     "ALL_GROUPS",

@@ -73,18 +73,21 @@ _GUARD_SD = 6.0
 _GUARD_WARMUP = 6
 _GUARD_WINDOW = 16
 _SETTLED_MOVE = 0.05
+_STABLE_CURVATURE = 0.5  # Note [Curvature reuse]
 
 # Note [Curvature reuse]
 # ~~~~~~~~~~~~~~~~~~~~~~
 # With a backward slope (Note [Slopes from a backward pass] in probe.py) every group's b is fresh
-# at every probe step at no cost; only the curvature costs forwards. So a group whose fit was
-# accepted is measured again after 2, then 4, ... probe steps (up to max_interval) whatever its
-# lr did, and in between its lr and PPI use the fresh b with the curvature A (per unit lr²) of
-# its last accepted fit (record "reused"): every group gets a record, weight 1, at every probe
-# step. A rejected fit (A within noise, concave, not a parabola) or the divergence guard measures
-# it again at the next probe step. The curvature is the slow part of the line: it is a property of
-# the loss surface along d, while b shrinks as training converges. With the stencil a skipped
-# group learns nothing, so only settled groups skip (Note [Settled groups]).
+# at every probe step at no cost; only the curvature costs forwards. A group whose curvature A
+# (per unit lr²) is stable, an accepted fit within _STABLE_CURVATURE (50%) of the A it measured
+# before, is measured again after 2, then 4, ... probe steps (up to max_interval), and in between
+# its lr and PPI use the fresh b with the kept A (record "reused"): every group gets a record,
+# weight 1, at every probe step. Any other outcome (a first fit, A moving by more, a rejected fit,
+# the divergence guard) measures it again at the next probe step. Reusing an A that still moves
+# would bias APPI: on the demo's warm-up A falls 1.5-2x per probe step as the task is learnt, and
+# lora_A's rises while lora_B grows from zero (reusing every accepted A there moved lora_A from
+# 4th to 2nd in APPI; with this rule the ranking and APPI are those of measuring every probe). With the stencil a skipped group learns nothing, so
+# only settled groups skip (Note [Settled groups]).
 
 # Note [Settled groups]
 # ~~~~~~~~~~~~~~~~~~~~~
@@ -183,6 +186,11 @@ def fit_probe(
     return update
 
 
+def _stable(kept: float, measured: float) -> bool:
+    """Note [Curvature reuse]: the measured curvature is within _STABLE_CURVATURE of the kept one."""
+    return kept > 0.0 and abs(measured / kept - 1.0) <= _STABLE_CURVATURE  # False for NaN
+
+
 def _reused_fit(opt: GeNAdaPEFT, name: str, b: float) -> QuadraticFit:
     """The fresh slope with the curvature of the group's last accepted fit, in effective-lr units."""
     st = opt._stats[name]
@@ -223,14 +231,15 @@ def _fit_group(opt: GeNAdaPEFT, update: _Update, name: str, fit: QuadraticFit, r
             update.factors[name] = proposed
     update.spacings[name] = spacing if reused else _next_spacing(fit, reason, spacing, opt.max_spacing)
     weight = 1 if backward else interval  # with the stencil a probe stands for its interval
+    curvature = fit.A / lr_ref**2 if lr_ref else math.nan  # per unit lr²
     if reused:
         pass  # the measurement schedule stands (Note [Curvature reuse])
-    elif settled or (backward and reason is None):
+    elif settled if not backward else (reason is None and _stable(st["curvature"], curvature)):
         update.schedule(name, min(2 * interval, opt.max_interval))
     else:  # a descent-free line says nothing of the lr: the interval stays
         update.schedule(name, interval if reason == Reason.NO_DESCENT else 1)
     if not reused and reason is None and lr_ref:
-        update.curvatures[name] = fit.A / lr_ref**2
+        update.curvatures[name] = curvature
     update.ppi[name] = ppi * weight
     update.records[name] = {
         "step": update.step,

@@ -312,7 +312,7 @@ def test_demo_help_text(capsys):
     assert f"probed model size: {sizes} or LxD" in out
     assert f"cached per size (default: {T.PRETRAIN_STEPS})" in out
     assert f"sequences per step (default: {T.BATCH_SIZE})" in out
-    assert cli._DEMO_PRETRAIN_STEPS == T.PRETRAIN_STEPS and cli._DEMO_BATCH_SIZE == T.BATCH_SIZE
+    assert cli.parser._DEMO_PRETRAIN_STEPS == T.PRETRAIN_STEPS and cli.parser._DEMO_BATCH_SIZE == T.BATCH_SIZE
 
 
 @pytest.mark.parametrize(

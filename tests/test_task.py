@@ -1,4 +1,4 @@
-"""Tests for adapeft_optim.task (re-exporting adapeft_optim.demo.task, .training and .progress):
+"""Tests for adapeft_optim.task (re-exporting adapeft_optim.demo.task, .training and adapeft_optim.progress):
 the synthetic corpus, the model builders, the cache and the training/evaluation helpers the demo
 and the benchmarks share."""
 

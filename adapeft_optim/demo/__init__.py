@@ -21,10 +21,11 @@ give the same file (timings are printed, not saved).
 The modules: :mod:`~adapeft_optim.demo.config` (the settings), :mod:`~adapeft_optim.demo.run`
 (the phases), :mod:`~adapeft_optim.demo.task` (corpus and models),
 :mod:`~adapeft_optim.demo.training` (train, probe, evaluate, the pre-training cache),
-:mod:`~adapeft_optim.demo.progress`, :mod:`~adapeft_optim.demo.tables` and
+:mod:`~adapeft_optim.demo.tables` and
 :mod:`~adapeft_optim.demo.figures` (what is printed and drawn). The text reports shared with
 the command line (:func:`format_table`, :func:`appi_table`, ...) live in
-:mod:`adapeft_optim.report` and are re-exported here.
+:mod:`adapeft_optim.report`, the progress display in :mod:`adapeft_optim.progress`; both are
+re-exported here.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 import torch
 
+from ..progress import LineProgress, Progress
 from ..report import (
     FewProbesWarning,
     appi_table,
@@ -29,7 +30,6 @@ from ..report import (
 from ..selection import Selection, pareto_frontier
 from .config import DemoConfig, DemoError
 from .figures import write_plots
-from .progress import LineProgress, Progress
 from .tables import appi_text, comparison_text, frontier_text
 from .task import (
     ANSWER_LENGTH,

@@ -30,8 +30,8 @@ from torch import nn
 from ..grouping import group_parameters
 from ..loop import run_steps
 from ..optimizer import GeNAdaPEFT
+from ..progress import Progress, progress_bar
 from ..selection import apply_selection
-from .progress import Progress, progress_bar
 from .task import (
     ANSWER_LENGTH,
     BATCH_SIZE,

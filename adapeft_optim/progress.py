@@ -1,5 +1,5 @@
-"""Progress of the demo's training phases: a tqdm bar on a terminal, whole lines in logs and
-pipes (:class:`LineProgress`), or nothing."""
+"""Progress of a training phase (the demo's, ``adapeft select``'s probe phase): a tqdm bar on a
+terminal, whole lines in logs and pipes (:class:`LineProgress`), or nothing."""
 
 from __future__ import annotations
 
