@@ -84,7 +84,8 @@ def test_probe_cost(benchmark, lora_gpt2, stencil):
     base_model = fresh(model)
     base = adamw(base_model)
     model = fresh(model)
-    opt = wrapped(model, batch, lazy=1, joint_check=False, **MODES[stencil])
+    # Every group's line measured at every probe (no reuse, no skipping): the cost of one probe.
+    opt = wrapped(model, batch, lazy=1, joint_check=False, max_interval=1, **MODES[stencil])
     forwards = forwards_per_probe(stencil, len(opt.names), joint=False)
 
     def forward():
