@@ -86,8 +86,9 @@ _STABLE_CURVATURE = 0.5  # Note [Curvature reuse]
 # the divergence guard) measures it again at the next probe step. Reusing an A that still moves
 # would bias APPI: on the demo's warm-up A falls 1.5-2x per probe step as the task is learnt, and
 # lora_A's rises while lora_B grows from zero (reusing every accepted A there moved lora_A from
-# 4th to 2nd in APPI; with this rule the ranking and APPI are those of measuring every probe). With the stencil a skipped group learns nothing, so
-# only settled groups skip (Note [Settled groups]).
+# 4th to 2nd in APPI; with this rule the ranking and APPI are those of measuring every probe).
+# With the stencil a skipped group learns nothing, so only settled groups skip (Note [Settled
+# groups]).
 
 # Note [Settled groups]
 # ~~~~~~~~~~~~~~~~~~~~~
