@@ -61,13 +61,16 @@ if TYPE_CHECKING:
 # Note [Slopes from a backward pass]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 # The stencil spends 2+ forwards per group on b = Gᵀd_k, the line's slope at 0. One forward and
-# backward on the probe batch (≈ 3 forwards) gives G, so every group's b_k = ⟨G, d_k⟩ exactly (no
-# truncation error, no rounding of loss differences), and each group needs only the forwards that
-# fit A with b held fixed: one point at the default scales (1,), so K + 1 forwards and a backward
-# in place of 4K + 1 forwards. The joint check knows its slope too (b_D = Σ_k η_k b_k) and probes
-# one point, t = 1. The gradient is taken with torch.autograd.grad, into no parameter's .grad. It
-# runs in one process only ("auto"): under DDP or FSDP2 a backward outside the training step
-# would fire the engine's gradient hooks, and reentrant activation checkpointing refuses
+# backward on the probe batch (≈ 2.6 forwards on the benchmark model) gives G, so every group's
+# b_k = ⟨G, d_k⟩ comes at once and exactly (no truncation error, no rounding of loss
+# differences), and each group needs only the forwards that fit A with b held fixed: the default
+# pair (-2, 2), as wide as the paper's stencil, keeps the odd (cubic) term out of A and leaves it
+# in the residual, so R² means something; one scale, (1,), would carry it into A. So a probe costs
+# a backward and 2K + 2 forwards instead of 4K + 3, fewer once curvatures are reused (Note
+# [Curvature reuse] in update.py). The joint check knows its slope too (b_D = Σ_k η_k b_k) and
+# probes one point, t = 1. The gradient is taken with torch.autograd.grad, into no parameter's
+# .grad. It runs in one process only ("auto"): under DDP or FSDP2 a backward outside the training
+# step would fire the engine's gradient hooks, and reentrant activation checkpointing refuses
 # autograd.grad; "auto" then probes with the stencil.
 
 NO_BATCH = object()  # the closure takes no argument (no probe_data)
