@@ -204,15 +204,15 @@ class Probe:
                     "(or non-reentrant checkpointing: gradient_checkpointing_kwargs={'use_reentrant': False})"
                 )
             return None
-        slopes = []
+        totals = []  # summed on the parameters' device: one host sync per param group, not per tensor
         for ps, dirs in zip(self.stepped, self.line.dirs):
-            total = torch.zeros((), dtype=torch.float64)
+            total = 0.0
             for p, d in zip(ps, dirs):
                 g = next(grads) if p.requires_grad else None
                 if g is not None:
-                    total += _dot(g, d)
-            slopes.append(float(total))
-        self.unit_slopes = slopes
+                    total = total + _dot(g, d)
+            totals.append(total)
+        self.unit_slopes = [float(t) for t in totals]
         return loss.detach().reshape(())
 
     def run(self) -> torch.Tensor:
@@ -307,7 +307,7 @@ class Probe:
 def _dot(g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """⟨g, d⟩ summed in float64 (products in float32 at least: bf16 ones would round)."""
     dtype = torch.promote_types(g.dtype, torch.float32)
-    return (g.to(dtype) * d.to(dtype)).sum(dtype=torch.float64).cpu()
+    return (g.to(dtype) * d.to(dtype)).sum(dtype=torch.float64)
 
 
 def _scalar(out: Any) -> torch.Tensor:
