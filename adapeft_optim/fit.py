@@ -77,9 +77,7 @@ def fit_quadratic(etas: Sequence[float], dlosses: Sequence[float], noise: float 
     resid = y - X @ theta
     ss_res = float(resid @ resid)
     # R² over the probes and the origin (ΔL(0) = 0 exactly, residual 0).
-    y0 = np.append(y, 0.0)
-    ss_tot = float(np.sum((y0 - y0.mean()) ** 2))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    r2 = _r2(y, ss_res)
     dof = len(y) - 2
     sigma_full = math.sqrt(ss_res / dof) if dof > 0 else 0.0
     sigma_even = _even_residual_sigma(u, y, float(theta[1]))
@@ -125,15 +123,20 @@ def fit_curvature(etas: Sequence[float], dlosses: Sequence[float], b: float, noi
     a_s = float(x @ r) / float(x @ x)
     resid = r - x * a_s
     ss_res = float(resid @ resid)
-    y0 = np.append(y, 0.0)
-    ss_tot = float(np.sum((y0 - y0.mean()) ** 2))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    r2 = _r2(y, ss_res)
     dof = len(y) - 1
     # On a symmetric stencil the odd (cubic) part of the line leaves residuals but not A: A's
     # error is measured on the even part alone, as in fit_quadratic.
     even = _even_residual_sigma(u, y, a_s)
     sigma = max((math.sqrt(ss_res / dof) if dof > 0 else 0.0) if even is None else even, noise)
     return QuadraticFit(b=float(b), A=a_s / (h * h), r2=r2, se_b=0.0, se_A=sigma / math.sqrt(float(x @ x)) / (h * h))
+
+
+def _r2(y: np.ndarray, ss_res: float) -> float:
+    """R² over the probes and the origin (ΔL(0) = 0 exactly, residual 0)."""
+    y0 = np.append(y, 0.0)
+    ss_tot = float(np.sum((y0 - y0.mean()) ** 2))
+    return 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
 
 
 def _even_residual_sigma(u: np.ndarray, y: np.ndarray, a: float) -> float | None:

@@ -96,6 +96,8 @@ class Probe:
         self.unit = opt.adapt_lr  # influence only: the inner step at the user's lrs is the step
         self.rng = _RNGState()
         self.reshard = _Reshard()
+        self.scales: tuple[float, ...] = ()  # the probe points, set by measure() for its mode
+        self.unit_slopes: list[float] | None = None  # ⟨G, d⟩ per param group, with a backward slope
 
     def step_inner(self) -> None:
         origin = [[p.detach().clone() for p in ps] for ps in self.stepped]  # w_t
@@ -252,10 +254,10 @@ class Probe:
 
     def measure(self, names: Sequence[str]) -> tuple[np.ndarray, list[torch.Tensor]]:
         """L0 and each group's losses at its points (Note [Slopes from a backward pass])."""
-        self.unit_slopes: list[float] | None = None
-        self.scales = self.opt.scales or DEFAULT_SCALES[self.mode()]
+        mode = self.mode()
+        self.scales = self.opt.scales or DEFAULT_SCALES[mode]
         points = self.points(names)
-        if self.mode() == "backward":
+        if mode == "backward":
             self.line.move(points[0])
             L0 = self.slopes()
             self.reshard.after_forward()

@@ -172,8 +172,8 @@ def fit_probe(
     L0 = float(values[0])
     rtol = opt.loss_rtol if opt.loss_rtol is not None else _loss_rtol(loss_dtype)
     stats = opt._stats
-    update = _Update(step, L0, rtol * abs(L0) if math.isfinite(L0) else 0.0, {n: s["factor"] for n, s in stats.items()})
-    update.backward = slopes is not None
+    noise = rtol * abs(L0) if math.isfinite(L0) else 0.0
+    update = _Update(step, L0, noise, {n: s["factor"] for n, s in stats.items()}, backward=slopes is not None)
     k = len(scales)
     at = {name: 1 + i * k for i, name in enumerate(names)}  # where each measured group's losses start
     for name in names if slopes is None else slopes:  # in group order
@@ -233,11 +233,12 @@ def _fit_group(opt: GeNAdaPEFT, update: _Update, name: str, fit: QuadraticFit, r
     update.spacings[name] = spacing if reused else _next_spacing(fit, reason, spacing, opt.max_spacing)
     weight = 1 if backward else interval  # with the stencil a probe stands for its interval
     curvature = fit.A / lr_ref**2 if lr_ref else math.nan  # per unit lr²
-    if reused:
-        pass  # the measurement schedule stands (Note [Curvature reuse])
-    elif settled if not backward else (reason is None and _stable(st["curvature"], curvature)):
+    # The next measurement: later when earned (Note [Curvature reuse] / [Settled groups]); a reused
+    # curvature leaves the schedule as it stands.
+    earned = reason is None and _stable(st["curvature"], curvature) if backward else settled
+    if earned and not reused:
         update.schedule(name, min(2 * interval, opt.max_interval))
-    else:  # a descent-free line says nothing of the lr: the interval stays
+    elif not reused:  # a descent-free line says nothing of the lr: the interval stays
         update.schedule(name, interval if reason == Reason.NO_DESCENT else 1)
     if not reused and reason is None and lr_ref:
         update.curvatures[name] = curvature
