@@ -101,7 +101,7 @@ class GeNAdaPEFT(MaskedMode, Optimizer):
         adapt_lr: ``False`` measures influence only: probes and APPI as usual, every lr and the
             trajectory those of the bare inner optimizer, bit for bit (default: True).
         max_interval: a group's curvature is measured at every 2nd, then 4th, ... probe step up
-            to this: with a backward slope after each accepted fit (Note [Curvature reuse]), with
+            to this: with a backward slope while accepted fits find it stable (Note [Curvature reuse]), with
             the stencil once settled (Note [Settled groups]); 1 measures every group at every
             probe step (default: 4).
 
