@@ -28,7 +28,7 @@ import time
 
 import pytest
 import torch
-from conftest import counting_batches, fresh, interleaved
+from conftest import counting_batches, fresh, interleaved, train_step
 from torch.func import functional_call, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -44,12 +44,6 @@ def _no_grad_forward(model, batch):
             return model(**batch).loss
 
     return forward
-
-
-def _adamw_step(model, batch, opt):
-    opt.zero_grad(set_to_none=True)
-    model(**batch).loss.backward()
-    opt.step()
 
 
 @pytest.mark.benchmark(group="probe-parts")
@@ -72,10 +66,10 @@ def test_probe_parts(benchmark, lora_gpt2, monkeypatch):
         monkeypatch.setattr(Probe, name, _timed(getattr(Probe, name), times))
 
     def probe_step():
-        _adamw_step(model, train[0], opt)
+        train_step(model, train[0], opt)
 
     forward = _no_grad_forward(base, held_out[0])
-    t_probe, t_step, t_fwd = interleaved([probe_step, lambda: _adamw_step(base, train[0], base_opt), forward], 8)
+    t_probe, t_step, t_fwd = interleaved([probe_step, lambda: train_step(base, train[0], base_opt), forward], 8)
     benchmark.pedantic(probe_step, rounds=3)
     k = len(opt.names)
     per_probe = {name: statistics.mean(times) / t_fwd for name, times in parts.items()}
